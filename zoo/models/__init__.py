@@ -1,0 +1,2 @@
+"""Every model module is imported here explicitly, so `zoo list` and `create_model` always see all of them."""
+from . import gaussian_ae  # noqa: F401

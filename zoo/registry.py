@@ -1,0 +1,89 @@
+"""Model registry: ``@register_model`` on a ZooModel class or builder, ``create_model``, ``list_models``."""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError, suggest
+
+#: Constructor arguments the trainer fills from the data module when the config does not set them.
+DATA_ARGS = ("input_shape", "num_classes", "vocab")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., Any]
+    family: str
+    description: str
+    config: str | None = None  # the configs/*.yaml that trains it
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """Constructor arguments by name (what ``model:`` in a config may set)."""
+        params = inspect.signature(self.builder).parameters
+        return {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def defaults(self) -> dict[str, Any]:
+        return {n: p.default for n, p in self.parameters().items() if p.default is not inspect.Parameter.empty}
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, family: str, description: str, config: str | None = None, tags=()):
+    """Register a model class (or builder function) under ``name``. Duplicate names are errors."""
+
+    def deco(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice ({_REGISTRY[name].builder.__module__} and "
+                             f"{builder.__module__})")
+        _REGISTRY[name] = ModelInfo(name, builder, family, description, config, tuple(tags))
+        return builder
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import models  # noqa: F401  (importing the package registers every model module)
+
+
+def model_info(name: str) -> ModelInfo:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'{suggest(name, _REGISTRY)}; `zoo list` shows the registered models")
+    return _REGISTRY[name]
+
+
+def list_models(pattern: str = "*") -> list[ModelInfo]:
+    """Registered models whose name matches the shell-style ``pattern`` (``gan*``, ``*ae``), sorted."""
+    _ensure_loaded()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, pattern)]
+
+
+def check_model_args(name: str, kwargs: dict[str, Any], prefix: str = "model") -> None:
+    """Unknown constructor arguments fail with the key named and the closest valid one suggested."""
+    params = model_info(name).parameters()
+    for key in kwargs:
+        if key not in params:
+            raise ConfigError(f"unknown key '{prefix}.{key}' for model '{name}'{suggest(key, params)}; "
+                              f"valid keys: {', '.join(params)}")
+
+
+def create_model(name: str, **kwargs):
+    """Build a registered model. Data-derived arguments (``input_shape``...) are passed only if accepted."""
+    info = model_info(name)
+    params = info.parameters()
+    for key in DATA_ARGS:
+        if key in kwargs and key not in params:
+            kwargs.pop(key)
+    check_model_args(name, kwargs)
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in kwargs]
+    if missing:
+        raise ConfigError(f"model '{name}' needs {', '.join('model.' + m for m in missing)}")
+    try:
+        return info.builder(**kwargs)
+    except (ValueError, TypeError) as e:  # constructors validate their own values
+        raise ConfigError(f"model '{name}': {e}") from None
