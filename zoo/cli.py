@@ -155,9 +155,11 @@ def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. 
     infos = list_models(pattern)
     if not infos:
         raise ZooError(f"no model matches '{pattern}'; `zoo list` shows them all")
-    for info in infos:
-        can = [c for c in ("sample", "reconstruct") if hasattr(info.builder, c)]
-        print(f"{info.name:20s} {info.family:14s} {info.config or '-':28s} {','.join(can) or '-':18s} {info.description}")
+    rows = [(i.name, i.family, i.config or "-", ",".join(c for c in ("sample", "reconstruct") if hasattr(i.builder, c))
+             or "-", i.description) for i in infos]
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in range(4)) + "  " + r[4])
 
 
 @config_app.command("show")

@@ -122,7 +122,7 @@ def _md5(path: Path) -> str:
 
 
 def _raw_dir(root: Path) -> Path:
-    return root / "MNIST" / "raw"
+    return Path(root) / "MNIST" / "raw"
 
 
 def _have_mnist(root: Path) -> bool:

@@ -46,8 +46,21 @@ def register_model(name: str, *, family: str, description: str, config: str | No
     return deco
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
+    """Import the built-in models, then any package that declares a ``zoo.models`` entry point."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from importlib.metadata import entry_points
+
     from . import models  # noqa: F401  (importing the package registers every model module)
+
+    for ep in entry_points(group="zoo.models"):
+        ep.load()
 
 
 def model_info(name: str) -> ModelInfo:

