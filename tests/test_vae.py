@@ -111,3 +111,23 @@ def test_sample_and_eval_from_the_checkpoint_alone(mnist_root, tmp_path, capsys,
     assert res["model"] == "gaussian_ae" and res["test_images"] == 10000
     assert res["test_bpd"] == pytest.approx(bits_per_dim(res["test_nelbo_nats"], 784))
     assert math.isfinite(res["baseline_diag_gaussian_bpd"]) and math.isfinite(res["baseline_full_gaussian_bpd"])
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_beta_nll_rescales_the_mean_gradient_and_keeps_the_optimum(beta):
+    """d/dmu = sigma^(2 beta) (mu - x) / sigma^2; at the optimum (mu = E x, sigma^2 = Var x) both gradients vanish."""
+    from zoo.losses import beta_nll
+
+    x = torch.tensor([[0.2, 0.9, 0.5]])
+    mu = torch.tensor([[0.1, 0.5, 0.5]], requires_grad=True)
+    log_var = torch.tensor([[-4.0, -1.0, 0.0]], requires_grad=True)
+    beta_nll((x - mu) * torch.exp(-0.5 * log_var), log_var, beta).sum().backward()
+    var = log_var.detach().exp()
+    assert torch.allclose(mu.grad, var ** beta * (mu.detach() - x) / var)
+    # samples of a Gaussian: the NLL's optimum has zero beta-NLL gradient too
+    torch.manual_seed(0)
+    xs = 0.3 + 0.2 * torch.randn(20000, 1)
+    m = xs.mean().reshape(1, 1).requires_grad_()
+    lv = xs.var(unbiased=False).log().reshape(1, 1).requires_grad_()
+    beta_nll((xs - m) * torch.exp(-0.5 * lv), lv.expand_as(xs), beta).mean().backward()
+    assert abs(m.grad.item()) < 1e-4 and abs(lv.grad.item()) < 1e-4
