@@ -47,7 +47,8 @@ def test_nelbo_matches_a_direct_gaussian_log_density(covariance):
 def test_learned_full_covariance_matches_the_residual_covariance(tmp_path):
     """Data = mean + N(0, C) with C known and correlated; the ELBO's M must learn Sigma = C (not collapse)."""
     cfg = load_config({
-        "name": "cov", "model": {"name": "gaussian_ae", "covariance": "full", "dropout": 0.0},
+        "name": "cov", "model": {"name": "gaussian_ae", "covariance": "full", "dropout": 0.0,
+                                 "covariance_init": "diagonal"},  # off-diagonals start at 0: they must be learned
         "data": {"name": "gaussian", "size": 6, "n": 30000, "std": 0.15},
         "train": {"epochs": 10, "batch_size": 500, "device": "cpu", "log_every": 0,
                   "optimizer": {"name": "adam", "lr": 1e-2}, "scheduler": {"name": "cosine"}}})
@@ -80,6 +81,15 @@ def test_shared_diagonal_sigma_does_not_collapse_on_mnist(mnist_root, tmp_path):
     assert tr.metrics["epochs"][-1]["val/sigma"] > 0.01
     losses = [h["loss"] for h in tr.metrics["history"]]
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_lower_whitening_factor():
+    from zoo.models.gaussian_ae import lower_whitening
+
+    a = torch.randn(6, 6, dtype=torch.float64)
+    p = a @ a.T + torch.eye(6, dtype=torch.float64)
+    m = lower_whitening(p)
+    assert torch.allclose(m.T @ m, p) and torch.equal(m, torch.tril(m)) and (torch.diag(m) > 0).all()
 
 
 def test_gaussian_baselines_on_known_data():

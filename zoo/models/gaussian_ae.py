@@ -84,7 +84,8 @@ class GaussianAE(ZooModel):
                  dropout: float = 0.1,
                  covariance: Literal["identity", "scalar", "diagonal", "full", "predicted"] = "diagonal",
                  init_std: float = 0.1,
-                 min_std: float = DEQUANT_STD, nll_beta: float = 0.0):
+                 min_std: float = DEQUANT_STD, nll_beta: float = 0.0,
+                 covariance_init: Literal["data", "diagonal"] = "data"):
         super().__init__()
         if not 0 <= nll_beta <= 1:
             raise ValueError(f"nll_beta={nll_beta} must be in [0, 1]")
@@ -93,7 +94,7 @@ class GaussianAE(ZooModel):
         self.input_shape, self.latent_dim, self.covariance = tuple(input_shape), latent_dim, covariance
         self.dims = math.prod(self.input_shape)
         self.log_min_var = 2 * math.log(min_std)
-        self.nll_beta = nll_beta
+        self.nll_beta, self.covariance_init = nll_beta, covariance_init
         self.encoder = Encoder(self.input_shape, latent_dim, channels, dropout)
         out_channels = self.input_shape[0] * (2 if covariance == "predicted" else 1)
         self.decoder = Decoder(self.input_shape, latent_dim, decoder_channels, out_channels, dropout)
@@ -108,18 +109,26 @@ class GaussianAE(ZooModel):
 
     @torch.no_grad()
     def on_fit_start(self, data):
-        """Start from the data's per-pixel mean and spread: the decoder's output bias at the mean image and
-        the shared precision at 1/std, so early steps learn structure instead of the overall scale."""
-        x = data.tensors("train")[0][:10000].flatten(1)
+        """Start from the data's statistics: the decoder's output bias at the mean image and the shared
+        precision at 1/std per pixel; with ``covariance_init: data`` a full M starts at the maximum-likelihood
+        value for the initial decoder, so its off-diagonal entries need not crawl there from zero."""
+        x = next(data.batches("train", 10000, generator=torch.Generator().manual_seed(0)))[0].flatten(1).double()
         mean = x.mean(0).clamp(1e-3, 1 - 1e-3)
         std = x.std(0).clamp_min(math.exp(self.log_min_var / 2))
         c = self.input_shape[0]
-        last = self.decoder.conv[-1]
-        last.bias[:c] = torch.logit(mean.view(self.input_shape)).mean((1, 2))
+        self.decoder.conv[-1].bias[:c] = torch.logit(mean.view(self.input_shape)).mean((1, 2)).float()
         if self.covariance == "scalar":
             self.log_scale.fill_(-std.log().mean())
         elif self.covariance in ("diagonal", "full"):
             self.log_diag.copy_(-std.log())
+        if self.covariance == "full" and self.covariance_init == "data":
+            # the maximum-likelihood Sigma for the initial decoder: the second moment of its residuals
+            xs = x[:5000].float().view(-1, *self.input_shape)
+            r = (xs - self(xs)[1]).flatten(1).double()
+            second = r.T @ r / len(r) + torch.diag(std.new_full((self.dims,), math.exp(self.log_min_var)))
+            m = lower_whitening(torch.linalg.inv(second))
+            self.log_diag.copy_(torch.diag(m).log())
+            self.lower.copy_(torch.tril(m, -1))
 
     # ---- the decoder distribution ----------------------------------------------------------------------------
     def decode(self, z):
@@ -216,6 +225,11 @@ class GaussianAE(ZooModel):
                "covariance": self.covariance}
         out.update(gaussian_baselines(train, test))
         return out
+
+
+def lower_whitening(precision: torch.Tensor) -> torch.Tensor:
+    """The lower-triangular M with positive diagonal and M^T M = precision (a Cholesky factor read backwards)."""
+    return torch.linalg.cholesky(precision.flip(0, 1)).flip(0, 1).T
 
 
 def gaussian_baselines(train: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
