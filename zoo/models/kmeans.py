@@ -1,0 +1,136 @@
+"""k-means as a one-layer network (Homework 7 Q1), trained by plain SGD through the shared trainer.
+
+Neuron i computes a_i = x.C_i - ||C_i||^2 / 2, which is -||x - C_i||^2 / 2 up to a term that does not depend on
+i, so softmax(beta a) is a soft nearest-centre vote and softmax(beta a) C is the chosen centre. The loss is the
+squared reconstruction error summed over pixels and averaged over the batch. When the softmax acts as an
+argmax its gradient for centre i is (2 |V_i| / B)(C_i - m_i), m_i the mean of the batch's images in cell i, so
+with |V_i| / B = 1/10 one SGD step of size eta is C_i <- (1 - eta/5) C_i + (eta/5) m_i: a mini-batch Lloyd
+step, and eta = 4.5 at B = 64 is the homework's bias/variance balance. In general centre i moves a fraction
+2 eta |V_i| / B of the way to m_i, which overshoots and grows once that fraction passes 2: with eta = 4.5 any
+cell holding more than 2/9 of a batch does, and on MNIST some do (the run diverges); eta < 1 is safe for
+every cell size, which is why configs/kmeans.yaml uses 0.9 with a decay.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..clustering import ClusterModel, assign, inertia, kmeans_plus_plus, label_metrics, lloyd
+from ..errors import ConfigError
+from ..losses import mse
+from ..registry import register_model
+from .base import ZooModel
+
+INITS = ("labels", "uniform", "samples", "kmeans++")
+
+
+def init_centers(kind: str, x: torch.Tensor, y: torch.Tensor | None, k: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Initial centres [k, D] from flattened training rows ``x`` (and labels ``y`` for ``labels``)."""
+    if kind == "labels":  # the homework's "cheat": centre i is a random training image of digit i
+        classes = int(y.max()) + 1 if y is not None else 0
+        if classes != k:
+            raise ConfigError(f"model.init=labels needs k = the number of classes ({classes}), got k={k}")
+        picks = []
+        for i in range(k):
+            rows = (y == i).nonzero().squeeze(1)
+            picks.append(x[rows[torch.randint(len(rows), (1,), generator=generator).item()]])
+        return torch.stack(picks)
+    if kind == "uniform":  # each coordinate uniform on [0, 1]: the homework shows most centres then die
+        return torch.rand(k, x.shape[1], generator=generator).to(x)
+    if kind == "samples":
+        return x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+    if kind == "kmeans++":
+        return kmeans_plus_plus(x, k, generator)
+    raise ConfigError(f"model.init={kind!r} is not one of: {', '.join(INITS)}")
+
+
+@register_model("kmeans_net", family="clustering", config="configs/kmeans.yaml",
+                description="k-means as a network: centres C as a parameter, softmax(beta(xC^T - |C|^2/2)) C, SGD")
+class KMeansNet(ClusterModel, ZooModel):
+    """k centres as an ``nn.Parameter``; forward returns the reconstruction error (centre - input).
+
+    ``init``: labels | uniform | samples | kmeans++, drawn in ``on_fit_start`` from the training split.
+    ``assign_grad``: let gradients flow through the softmax (the homework's autograd network). With the
+    summed-pixel loss that path is unstable on MNIST: an image almost equidistant from two centres adds a
+    gradient of order beta d^3 / B (d ~ 6 the distance; ~30 at the first step, against ~1 for the Lloyd part),
+    which kicks a centre out of the data for good. Centres die one by one until the mean image is left
+    (configs/kmeans.yaml with assign_grad=true: 9 of 10 clusters empty, inertia +34%). ``False`` holds the
+    assignment constant in the backward pass, as Lloyd's algorithm does: the step is then exactly
+    C_i -= (2 eta / B) sum_b p_bi (C_i - x_b) for any beta, the formula above when p is one-hot.
+    """
+
+    def __init__(self, input_shape=(1, 28, 28), k: int = 10, beta: float = 20.0, init: str = "samples",
+                 assign_grad: bool = True):
+        super().__init__()
+        if k < 1 or beta <= 0:
+            raise ValueError("need k >= 1 and beta > 0")
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not one of: {', '.join(INITS)}")
+        self.k, self.beta, self.init, self.assign_grad = k, beta, init, assign_grad
+        self.image_shape = tuple(input_shape)
+        d = math.prod(self.image_shape)
+        self.centers = nn.Parameter(torch.zeros(k, d))
+        self.flatten = nn.Flatten()
+        self.softmax = nn.Softmax(dim=1)
+        self.register_buffer("init_centers", torch.zeros(k, d))  # kept for eval's Lloyd-from-the-same-init
+        self._train_x: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self.flatten(x)
+        a = torch.matmul(x0, self.centers.t()) - 0.5 * torch.sum(self.centers ** 2, 1).flatten()
+        p = self.softmax(self.beta * a)
+        if not self.assign_grad:
+            p = p.detach()
+        return p @ self.centers - x0
+
+    def training_step(self, batch, optimizer="main"):
+        x, _ = batch
+        err = self(x)
+        # summed over pixels, averaged over the batch: the reduction that makes SGD's step the formula above
+        loss = mse(err, torch.zeros_like(err)).mean()
+        with torch.no_grad():  # the hard k-means cost per image, the quantity eval's inertia sums
+            hard = (x.flatten(1) - self.centers[self.assign(x.flatten(1))]).pow(2).sum(1).mean()
+        return {"loss": loss, "inertia_per_image": hard}
+
+    # ---- fitting hooks ----------------------------------------------------------------------------------------
+    def on_fit_start(self, data) -> None:
+        """Initial centres from the training split, drawn from torch's global RNG (the trainer seeds it)."""
+        x, y = data.tensors("train")
+        x = x.flatten(1)
+        with torch.no_grad():
+            c = init_centers(self.init, x, y, self.k)
+            self.centers.copy_(c)
+            self.init_centers.copy_(c)
+        self._train_x = x
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        """The k-means cost of the current centres on the whole training split (convergence, collapse)."""
+        if self._train_x is None:  # resumed run: on_fit_start is not called, so the split is not at hand
+            return {}
+        x = self._train_x
+        labels = self.assign(x)
+        counts = torch.bincount(labels, minlength=self.k)
+        return {"inertia_per_image_full": inertia(x, self.centers.detach(), labels) / len(x),
+                "empty_clusters": float((counts == 0).sum())}
+
+    # ---- clustering interface ---------------------------------------------------------------------------------
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        return assign(x, self.centers.detach())
+
+    def prototypes(self) -> torch.Tensor:
+        return self.centers.detach()
+
+    def extra_metrics(self, x, y, data, ctx) -> dict[str, Any]:
+        """The model's own inertia (its centres, nearest-centre cells) and Lloyd's from the model's init."""
+        out = {"inertia": inertia(x, self.centers.detach()), "init": self.init}
+        out["inertia_per_image"] = out["inertia"] / len(x)
+        if self.init_centers.abs().sum() > 0:
+            ctx.log(f"Lloyd's algorithm from the model's own {self.init} init")
+            res = lloyd(x, self.init_centers, max_iter=1000)
+            out["lloyd_from_init"] = {"inertia": res.inertia, "iterations": res.iterations,
+                                      "converged": res.converged, **label_metrics(y, res.labels, self.k)}
+        return out
