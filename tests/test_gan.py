@@ -1,0 +1,277 @@
+"""GANs (issue 4): the analytic 1-D GAN, the two generator losses, FID-LeNet and the sampling contract."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from zoo import fid
+from zoo.cli import main
+from zoo.config import load_config
+from zoo.data import create_data
+from zoo.models.gan import GAN, GAN1D, d_star_identity, g_star, generator_loss, ks_statistic, w1_to_triangle
+from zoo.registry import create_model
+from zoo.trainer import fit
+
+
+class Ctx:
+    def __init__(self, seed=0, options=None):
+        self.seed, self.options, self.config, self.messages = seed, options or {}, {}, []
+        self.device = torch.device("cpu")
+
+    def log(self, msg):
+        self.messages.append(msg)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny MLPs: a second thread only adds synchronisation (10x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _fit_1d(tmp_path, *overrides):
+    cfg = load_config("configs/gan1d.yaml", ["train.device=cpu", *overrides])
+    return fit(cfg, tmp_path / "run")
+
+
+# ---- 1-D GAN: analytic optima ---------------------------------------------------------------------------------
+def test_closed_forms_of_q5():
+    z = torch.linspace(0, 1, 1001)
+    x = g_star(z)
+    assert torch.allclose(2 * x - x * x, z, atol=1e-6)  # G* is the inverse of the CDF 2x - x^2
+    assert torch.allclose(d_star_identity(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([2 / 3, 0.5, 0.0]))
+    # identity baselines of issue 4: W1 = 1/6, KS = max(x - x^2) = 1/4, on a large sample of U[0, 1]
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    assert w1_to_triangle(u) == pytest.approx(1 / 6, abs=3e-3)
+    assert ks_statistic(u) == pytest.approx(0.25, abs=5e-3)
+
+
+def test_sampling_floor_of_w1_and_ks_at_10k():
+    g = torch.Generator().manual_seed(1)
+    draws = [1 - torch.sqrt(1 - torch.rand(10_000, generator=g)) for _ in range(8)]
+    w1 = np.mean([w1_to_triangle(x) for x in draws])
+    assert 0.0015 < w1 < 0.004  # issue 4: "sampling floor at n = 10k about 0.0027"
+    from scipy import stats
+
+    ks = stats.kstest(draws[0].numpy(), lambda t: 2 * t - t * t).statistic
+    assert ks_statistic(draws[0]) == pytest.approx(ks, abs=1e-6)
+
+
+def test_d_converges_to_d_star_with_g_frozen_to_identity(tmp_path, one_thread):
+    tr = _fit_1d(tmp_path, "model.freeze_g_identity=true", "model.r1=0", "train.epochs=30", "train.optimizer.lr=3e-3")
+    assert list(tr.optimizers) == ["d"]
+    out = tr.model.evaluate(tr.data, Ctx())
+    assert out["w1"] == pytest.approx(1 / 6, abs=1e-3)  # G stayed the identity
+    assert out["d_star_sup_error"] < 0.03, out
+    assert out["baseline_d_half_sup_error"] > 0.4
+    assert (tmp_path / "run" / "gan1d_curves.png").is_file()
+
+
+def test_g_converges_to_g_star(tmp_path, one_thread):
+    tr = _fit_1d(tmp_path)
+    out = tr.model.evaluate(tr.data, Ctx())
+    assert out["g_monotone"]
+    assert out["w1"] <= 0.01 and out["l1_g_gstar"] <= 0.01, out
+    assert out["ks"] < 0.05 and out["max_abs_g_gstar_0_0.99"] < 0.1, out
+    assert out["w1"] < out["baseline_identity_w1"] / 10
+
+
+# ---- generator losses -------------------------------------------------------------------------------------------
+def test_generator_losses_are_the_formulas():
+    h = torch.linspace(-8, 8, 33)
+    d = torch.sigmoid(h)
+    assert torch.allclose(generator_loss(h, "minimax"), torch.log(1 - d).mean(), atol=1e-5)
+    assert torch.allclose(generator_loss(h, "non_saturating"), -torch.log(d).mean(), atol=1e-5)
+    with pytest.raises(ValueError):
+        generator_loss(h, "wasserstein")
+
+
+@pytest.mark.parametrize("bias, minimax_vanishes", [(-12.0, True), (0.0, False)])
+def test_minimax_gradient_vanishes_when_d_rejects_the_fakes(bias, minimax_vanishes):
+    """Problem 5: dL/dθ = -D(G(z)) dh/dθ for minimax, -(1 - D(G(z))) dh/dθ for non-saturating."""
+    norms = {}
+    for kind in ("minimax", "non_saturating"):
+        torch.manual_seed(0)
+        m = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, generator_loss=kind)
+        with torch.no_grad():
+            m.discriminator[-2].bias.fill_(bias)  # D(G(z)) = sigmoid(h + bias): ~6e-6 at -12
+        terms = m.training_step((torch.rand(16, 1, 28, 28),), optimizer="g")
+        terms["loss"].backward()
+        norms[kind] = math.sqrt(sum(p.grad.pow(2).sum().item() for p in m.generator.parameters()))
+        assert all(p.grad is not None for p in m.generator.parameters())
+    ratio = norms["minimax"] / norms["non_saturating"]
+    if minimax_vanishes:
+        assert ratio < 1e-4, norms
+    else:
+        assert 0.2 < ratio < 5, norms  # D = 1/2: both losses push with comparable force
+
+
+def test_schedule_and_groups():
+    m = GAN((1, 28, 28), d_steps=3)
+    assert m.update_schedule() == ["d", "d", "d", "g"]
+    groups = m.param_groups()
+    assert set(groups) == {"d", "g"}
+    d_ids, g_ids = {id(p) for p in groups["d"]}, {id(p) for p in groups["g"]}
+    assert not d_ids & g_ids and len(d_ids | g_ids) == len(list(m.parameters()))
+    frozen = GAN1D(freeze_g_identity=True)
+    assert frozen.update_schedule() == ["d"] and list(frozen.param_groups()) == ["d"]
+    for bad in ({"generator_loss": "hinge"}, {"d_steps": 0}, {"r1": -1.0}):
+        with pytest.raises(Exception):
+            create_model("gan", input_shape=(1, 28, 28), **bad)
+
+
+def test_d_step_leaves_g_alone_and_g_step_moves_g():
+    torch.manual_seed(0)
+    m = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, r1=1.0)
+    x = torch.rand(8, 1, 28, 28)
+    terms = m.training_step((x,), optimizer="d")
+    terms["loss"].backward()
+    assert all(p.grad is None for p in m.generator.parameters())
+    assert all(p.grad is not None for p in m.discriminator.parameters())
+    assert terms["r1"] > 0 and {"d_real", "d_fake"} <= set(terms)
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------------
+def test_sample_shapes_range_and_seeds():
+    m = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4)
+    m.train()
+    a = m.sample(5, generator=torch.Generator().manual_seed(0))
+    b = m.sample(5, generator=torch.Generator().manual_seed(0))
+    c = m.sample(5, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (5, 1, 28, 28) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert m.training  # sample() restores the mode it found
+    cold = m.sample(3, generator=torch.Generator().manual_seed(0), temperature=0.0)
+    assert torch.allclose(cold[0], cold[1]) and torch.allclose(cold[1], cold[2])
+    assert m.visuals((torch.rand(4, 1, 28, 28), None))["samples"].shape == (64, 1, 28, 28)
+    s1 = GAN1D().draw(7, generator=torch.Generator().manual_seed(0))
+    assert s1.shape == (7, 1) and not hasattr(GAN1D, "sample")  # not an image model for `zoo sample`
+
+
+def test_gan_trains_and_samples_through_the_cli(mnist_root, tmp_path, capsys):
+    run = tmp_path / "gan"
+    argv = ["train", "configs/gan.yaml", "--run-dir", str(run), "--quiet", f"data.root={mnist_root}",
+            "data.limit=256", "data.val_size=64", "train.epochs=1", "train.device=cpu",
+            "model.g_width=8", "model.d_width=8"]
+    assert main(argv) == 0
+    assert list((run / "samples").glob("samples_epoch000.png"))
+    out = tmp_path / "digits.png"
+    assert main(["sample", str(run), "-n", "16", "-o", str(out), "--device", "cpu"]) == 0
+    assert out.is_file() and out.stat().st_size > 0
+
+
+# ---- FID ----------------------------------------------------------------------------------------------------------
+def test_frechet_distance_closed_forms():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=6)
+    a = rng.normal(size=(6, 6))
+    s = a @ a.T + 0.1 * np.eye(6)
+    assert fid.frechet_distance(mu, s, mu, s) == pytest.approx(0, abs=1e-8)
+    # diagonal covariances: |mu1 - mu2|^2 + sum (sigma1 - sigma2)^2
+    v1, v2 = rng.uniform(0.1, 2, 6), rng.uniform(0.1, 2, 6)
+    expect = ((mu - 1) ** 2).sum() + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum()
+    assert fid.frechet_distance(mu, np.diag(v1), np.ones(6), np.diag(v2)) == pytest.approx(expect, rel=1e-9)
+    # general (non-commuting) covariances: the textbook formula with scipy's sqrtm
+    b = rng.normal(size=(6, 6))
+    s2 = b @ b.T + 0.1 * np.eye(6)
+    ref = np.trace(s) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s @ s2).real)
+    assert fid.frechet_distance(mu, s, mu, s2) == pytest.approx(ref, rel=1e-6)
+
+
+def test_fid_of_gaussian_samples_approaches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, 4, generator=g) * torch.tensor([1.0, 2.0, 0.5, 1.0])
+    b = torch.randn(200_000, 4, generator=g) + torch.tensor([1.0, 0.0, 0.0, 0.0])
+    expect = 1.0 + (2 - 1) ** 2 + (0.5 - 1) ** 2  # mean shift + sum of (sigma_a - sigma_b)^2
+    got = fid.frechet_distance(*fid.gaussian_stats(a), *fid.gaussian_stats(b))
+    assert got == pytest.approx(expect, abs=0.02)
+    same = fid.frechet_distance(*fid.gaussian_stats(a), *fid.gaussian_stats(a))
+    assert abs(same) < 1e-8
+
+
+def test_class_stats():
+    probs = torch.eye(10)[torch.tensor([0] * 50 + list(range(10)) * 5)] * 0.9 + 0.01
+    out = fid.class_stats(probs)
+    assert out["class_shares"][0] == pytest.approx(0.55) and out["min_class_share"] == pytest.approx(0.05)
+    assert out["kl_to_uniform"] > 0 and out["mean_confidence"] == pytest.approx(0.91)
+    uniform = fid.class_stats(torch.eye(10).repeat(3, 1))
+    assert uniform["kl_to_uniform"] == pytest.approx(0, abs=1e-12) and uniform["min_class_share"] == pytest.approx(0.1)
+
+
+@pytest.fixture(scope="module")
+def small_lenet_run(mnist_root, tmp_path_factory):
+    """A LeNet trained for one short epoch: enough for the plumbing, not for the 99.2% goal."""
+    run = tmp_path_factory.mktemp("lenet") / "lenet"
+    cfg = load_config("configs/lenet.yaml", [f"data.root={mnist_root}", "data.limit=2000", "train.epochs=1",
+                                             "train.device=cpu"])
+    fit(cfg, run)
+    return run
+
+
+def test_generative_metrics_of_real_images_and_of_noise(small_lenet_run, monkeypatch):
+    class Replay(torch.nn.Module):
+        """A 'model' whose samples are given images: FID against the test set is then known."""
+
+        def __init__(self, images):
+            super().__init__()
+            self.images, self.i = images, 0
+
+        device = torch.device("cpu")
+
+        def sample(self, n, generator=None, temperature=1.0):
+            out = self.images[self.i:self.i + n]
+            self.i += n
+            return out
+
+    from zoo.data import MNIST
+
+    test = MNIST(val_size=0).tensors("test")[0]
+    ctx = Ctx(options={"evaluator": str(small_lenet_run)})
+    real = fid.generative_metrics(Replay(test), None, ctx)
+    assert abs(real["fid_lenet"]) < 1e-3  # identical sets (trace ~ 1e3: round-off only)
+    assert real["fid_lenet_floor_real_vs_real"] > 0
+    assert sum(real["class_shares"]) == pytest.approx(1, abs=1e-3)
+    assert real["min_class_share"] == pytest.approx(real["test_min_class_share"])
+    noise = fid.generative_metrics(Replay(torch.rand(10_000, 1, 28, 28)), None, ctx)
+    assert noise["fid_lenet"] > 10 * noise["fid_lenet_floor_real_vs_real"]
+    assert noise["kl_to_uniform"] > real["kl_to_uniform"]
+
+
+def test_missing_evaluator_is_trained_on_demand_with_a_message(mnist_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(fid, "TRAIN_OVERRIDES", [f"data.root={mnist_root}", "data.limit=500", "train.epochs=1",
+                                                 "train.device=cpu"])
+    ctx = Ctx(options={"evaluator": str(tmp_path / "lenet")})
+    lenet = fid.load_evaluator(ctx)
+    assert (tmp_path / "lenet" / "checkpoints" / "last.pt").is_file()
+    assert any("training one now" in m for m in ctx.messages)
+    assert lenet.features(torch.zeros(2, 1, 28, 28)).shape == (2, 128)
+    ctx.messages.clear()
+    fid.load_evaluator(ctx)  # the second time it is found, not retrained
+    assert not ctx.messages
+
+
+def test_evaluator_must_be_a_lenet(tmp_path, mnist_root):
+    from zoo.errors import ZooError
+
+    cfg = load_config("configs/gan1d.yaml", ["train.epochs=1", "train.device=cpu", "data.n=2000"])
+    fit(cfg, tmp_path / "g")
+    with pytest.raises(ZooError, match="must be a `lenet` run"):
+        fid.load_evaluator(Ctx(options={"evaluator": str(tmp_path / "g")}))
+
+
+def test_lenet_features_and_shift_augmentation():
+    from zoo.models.lenet import LeNet, random_shift
+
+    m = LeNet((1, 28, 28), 10)
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1
+    assert m.features(x).shape == (2, 128) and m(x).shape == (2, 10)
+    y = random_shift(x, 2)
+    assert y.shape == x.shape and y.sum() == x.sum()  # a translation: nothing falls off a centred blob
+    assert torch.equal(random_shift(x, 0), x)

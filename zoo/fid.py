@@ -1,0 +1,173 @@
+"""FID-LeNet and the other sample-quality metrics of any MNIST model with ``sample(n, generator, temperature)``.
+
+FID-LeNet is the Fréchet distance between Gaussians fitted to the penultimate-layer features of a LeNet trained
+on MNIST (``lenet``): d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}). Its scale depends on the evaluator,
+so every call also measures the real-vs-real floor (10k training images vs the 10k test images) with the same
+evaluator: a model is judged by fid / floor. The same classifier gives the mode coverage of the samples (class
+histogram, KL to uniform, smallest class share) and their mean max-softmax confidence.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ZooError
+
+DEFAULT_EVALUATOR = "runs/lenet"
+N_SAMPLES = 10_000
+TRAIN_OVERRIDES: list[str] = []  # dotted overrides for the on-demand evaluator training (tests shrink it)
+
+
+def _log(ctx, msg: str) -> None:
+    log = getattr(ctx, "log", None)
+    if callable(log):
+        log(msg)
+    else:
+        print(msg, file=sys.stderr)
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of [N, D] features, in float64."""
+    f = features.detach().double().cpu().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, s1, mu2, s2) -> float:
+    """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^{1/2} S2 S1^{1/2})^{1/2}), via symmetric eigendecompositions.
+
+    tr((S1 S2)^{1/2}) equals tr of the square root of the PSD matrix S1^{1/2} S2 S1^{1/2}, whose eigenvalues are
+    real and >= 0: no complex parts to discard, unlike scipy.linalg.sqrtm(S1 @ S2).
+    """
+    mu1, mu2, s1, s2 = (np.asarray(a, dtype=np.float64) for a in (mu1, mu2, s1, s2))
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
+    cross = np.sqrt(np.clip(inner, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def evaluator_dir(ctx=None, evaluator: str | Path | None = None) -> Path:
+    """Where the LeNet run is: the argument, ``ctx.options["evaluator"]`` (zoo eval --evaluator), $ZOO_EVALUATOR,
+    else runs/lenet."""
+    options = getattr(ctx, "options", None) or {}
+    return Path(evaluator or options.get("evaluator") or os.environ.get("ZOO_EVALUATOR") or DEFAULT_EVALUATOR)
+
+
+def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None):
+    """The trained ``lenet`` in eval mode; trained on demand (configs/lenet.yaml) when the run does not exist."""
+    from .checkpoint import load_run
+
+    run = evaluator_dir(ctx, evaluator)
+    device = device or getattr(ctx, "device", None) or "cpu"
+    if not (run / "checkpoints" / "last.pt").is_file() and run.suffix != ".pt":
+        _train_evaluator(run, ctx)
+    model, cfg, ckpt = load_run(run, device=device)
+    if ckpt["model_name"] != "lenet":
+        raise ZooError(f"the FID evaluator '{run}' is a '{ckpt['model_name']}' run; it must be a `lenet` run "
+                       f"(zoo train configs/lenet.yaml)")
+    metrics = run / "metrics.json"
+    if metrics.is_file() and json.loads(metrics.read_text()).get("status") != "finished":
+        _log(ctx, f"warning: the FID evaluator '{run}' did not finish training; FID-LeNet uses it as it is")
+    return model.eval()
+
+
+def _train_evaluator(run: Path, ctx) -> None:
+    from .config import load_config
+    from .registry import model_info
+    from .trainer import fit
+
+    rel = model_info("lenet").config
+    path = Path(__file__).resolve().parents[1] / rel
+    if not path.is_file():
+        raise ZooError(f"no FID evaluator at '{run}' and {rel} is not found to train one; "
+                       f"run `zoo train {rel} --run-dir {run}` from the repository, or pass the evaluator's run dir")
+    _log(ctx, f"FID evaluator: no trained lenet at '{run}'; training one now with {rel} (a few minutes on a CPU, "
+              f"done once; later evaluations reuse it)")
+    cfg = load_config(path, TRAIN_OVERRIDES)
+    trainer = fit(cfg, run, quiet=True)
+    last = trainer.metrics["epochs"][-1] if trainer.metrics.get("epochs") else {}
+    _log(ctx, f"FID evaluator trained into '{run}' (val/acc={last.get('val/acc', float('nan')):.4f})")
+
+
+@torch.no_grad()
+def classify(lenet, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features [N, D] and softmax probabilities [N, 10] of images in [0, 1]."""
+    feats, probs = [], []
+    device = lenet.device
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device).float()
+        f = lenet.features(x)
+        feats.append(f.cpu())
+        probs.append(torch.softmax(lenet.head(f), 1).cpu())
+    return torch.cat(feats), torch.cat(probs)
+
+
+@torch.no_grad()
+def draw_samples(model, n: int, seed: int, batch_size: int = 1000, temperature: float = 1.0) -> torch.Tensor:
+    """n samples from ``model.sample`` in chunks (memory), from one seeded generator (reproducible)."""
+    gen = torch.Generator().manual_seed(seed)
+    chunks = [model.sample(min(batch_size, n - i), generator=gen, temperature=temperature).cpu()
+              for i in range(0, n, batch_size)]
+    x = torch.cat(chunks)
+    if x.shape[1:] != (1, 28, 28):
+        raise ZooError(f"FID-LeNet needs MNIST-shaped samples [N, 1, 28, 28], the model gives {list(x.shape[1:])}")
+    return x.clamp(0, 1)
+
+
+def class_stats(probs: torch.Tensor, prefix: str = "") -> dict[str, Any]:
+    """Histogram of predicted classes, KL(histogram || uniform) in nats, smallest share, mean confidence."""
+    k = probs.shape[1]
+    share = torch.bincount(probs.argmax(1), minlength=k).double() / len(probs)
+    nz = share[share > 0]
+    kl = float((nz * torch.log(nz * k)).sum())
+    return {f"{prefix}class_shares": [round(float(s), 4) for s in share],
+            f"{prefix}kl_to_uniform": kl,
+            f"{prefix}min_class_share": float(share.min()),
+            f"{prefix}mean_confidence": float(probs.max(1).values.mean())}
+
+
+def real_mnist(data=None, root: str | None = None):
+    """(first 10k official training images, 10k test images) in [0, 1], whatever the run's data transform."""
+    from .data import MNIST
+
+    mnist = MNIST(root=root, val_size=0)
+    x_train, _ = mnist.all_train()
+    x_test, _ = mnist.tensors("test")
+    return x_train[:N_SAMPLES], x_test
+
+
+def generative_metrics(model, data=None, ctx=None, evaluator: str | Path | None = None,
+                       n: int = N_SAMPLES) -> dict[str, Any]:
+    """FID-LeNet of n samples vs the test set, the real-vs-real floor, and mode coverage, for ``zoo eval``."""
+    if not hasattr(model, "sample"):
+        raise ZooError(f"{type(model).__name__} has no sample(): generative metrics need a generative model")
+    seed = int(getattr(ctx, "seed", 0) or 0)
+    lenet = load_evaluator(ctx, evaluator, device=model.device)
+    root = (getattr(ctx, "config", None) or {}).get("data", {}).get("root")
+    x_train, x_test = real_mnist(data, root)
+    _log(ctx, f"FID-LeNet: drawing {n} samples and embedding them with the evaluator '{evaluator_dir(ctx, evaluator)}'")
+    was = model.training
+    model.eval()
+    fake = draw_samples(model, n, seed)
+    model.train(was)
+    f_fake, p_fake = classify(lenet, fake)
+    f_test, p_test = classify(lenet, x_test)
+    f_train, _ = classify(lenet, x_train[:n])
+    test_stats = gaussian_stats(f_test)
+    fid = frechet_distance(*gaussian_stats(f_fake), *test_stats)
+    floor = frechet_distance(*gaussian_stats(f_train), *test_stats)
+    out = {"fid_lenet": fid, "fid_lenet_floor_real_vs_real": floor,
+           "fid_lenet_ratio_to_floor": fid / floor if floor > 0 else math.inf,
+           "n_samples": n, "evaluator": str(evaluator_dir(ctx, evaluator)),
+           **class_stats(p_fake)}
+    real = class_stats(p_test, "test_")  # the same numbers for real test images: what "good" looks like
+    out.update({k: v for k, v in real.items() if k != "test_class_shares"})
+    return out
