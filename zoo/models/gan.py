@@ -16,6 +16,8 @@ function G*(z) = 1 - sqrt(1 - z) (the inverse of the CDF 2x - x^2).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,7 +115,7 @@ class GAN(_TwoPlayer):
     """
 
     def __init__(self, input_shape, latent_dim: int = 64, g_width: int = 64, d_width: int = 64,
-                 generator_loss: str = "non_saturating", d_steps: int = 1, r1: float = 1.0, num_visuals: int = 64):
+                 generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1, r1: float = 1.0, num_visuals: int = 64):
         super().__init__(generator_loss, d_steps, r1)
         c, h, w = input_shape
         if (h, w) != (28, 28):
@@ -232,8 +234,8 @@ class GAN1D(_TwoPlayer):
     """Small MLPs G: z -> z + mlp(z) (starting at the identity) and D: x -> logit. ``freeze_g_identity`` fixes
     G(z) = z and trains only D, whose optimum is then D*(x) = (2 - 2x) / (3 - 2x)."""
 
-    def __init__(self, width: int = 32, depth: int = 3, activation: str = "leaky_relu",
-                 generator_loss: str = "non_saturating", d_steps: int = 1, r1: float = 3.0,
+    def __init__(self, width: int = 32, depth: int = 3, activation: Literal["leaky_relu", "silu", "tanh"] = "leaky_relu",
+                 generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1, r1: float = 3.0,
                  freeze_g_identity: bool = False, grid: int = 10001):
         super().__init__(generator_loss, d_steps, r1)
         if width < 1 or depth < 1 or grid < 101:

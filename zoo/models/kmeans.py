@@ -13,7 +13,7 @@ every cell size, which is why configs/kmeans.yaml uses 0.9 with a decay.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -63,7 +63,7 @@ class KMeansNet(ClusterModel, ZooModel):
     C_i -= (2 eta / B) sum_b p_bi (C_i - x_b) for any beta, the formula above when p is one-hot.
     """
 
-    def __init__(self, input_shape=(1, 28, 28), k: int = 10, beta: float = 20.0, init: str = "samples",
+    def __init__(self, input_shape=(1, 28, 28), k: int = 10, beta: float = 20.0, init: Literal["labels", "uniform", "samples", "kmeans++"] = "samples",
                  assign_grad: bool = True):
         super().__init__()
         if k < 1 or beta <= 0:
