@@ -340,6 +340,17 @@ def test_mixture_resumes_mid_epoch_exactly(mnist_root, tmp_path):
     assert lls[1] > lls[0]
 
 
+def test_kmeans_resumed_run_keeps_logging_its_full_data_cost(mnist_root, tmp_path):
+    over = [f"data.root={mnist_root}", "data.limit=2000", "train.epochs=3", "train.device=cpu"]
+    full = fit(load_config("configs/kmeans.yaml", over), tmp_path / "a")
+    per_epoch = full.metrics["epochs"][0]["step"]
+    fit(load_config("configs/kmeans.yaml", over + [f"train.max_steps={per_epoch}"]), tmp_path / "b")  # 1 epoch
+    resumed = fit(load_config("configs/kmeans.yaml", over), tmp_path / "b", resume=True)
+    cost = lambda t: [e.get("train/inertia_per_image_full") for e in t.metrics["epochs"]]  # noqa: E731
+    assert None not in cost(resumed) and cost(resumed) == pytest.approx(cost(full), rel=1e-6)
+    torch.testing.assert_close(resumed.model.centers, full.model.centers)
+
+
 # ---- image compression -----------------------------------------------------------------------------------------
 def test_image(h=512, w=512, seed=0) -> torch.Tensor:
     """A smooth colour field with a disc and a little noise: many distinct colours, no two alike."""

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from torch import nn
 
 from zoo import fid
 from zoo.cli import main
@@ -118,10 +119,10 @@ def test_schedule_and_groups():
     groups = m.param_groups()
     assert set(groups) == {"d", "g"}
     d_ids, g_ids = {id(p) for p in groups["d"]}, {id(p) for p in groups["g"]}
-    assert not d_ids & g_ids and len(d_ids | g_ids) == len(list(m.parameters()))
+    assert not d_ids & g_ids and len(d_ids | g_ids) == len([p for p in m.parameters() if p.requires_grad])
     frozen = GAN1D(freeze_g_identity=True)
     assert frozen.update_schedule() == ["d"] and list(frozen.param_groups()) == ["d"]
-    for bad in ({"generator_loss": "hinge"}, {"d_steps": 0}, {"r1": -1.0}):
+    for bad in ({"generator_loss": "hinge"}, {"d_steps": 0}, {"r1": -1.0}, {"r1_every": 0}, {"depth": -1}):
         with pytest.raises(Exception):
             create_model("gan", input_shape=(1, 28, 28), **bad)
 
@@ -137,6 +138,74 @@ def test_d_step_leaves_g_alone_and_g_step_moves_g():
     assert terms["r1"] > 0 and {"d_real", "d_fake"} <= set(terms)
 
 
+def test_lazy_r1_penalises_every_kth_d_update_with_k_times_the_weight():
+    torch.manual_seed(0)
+    lazy = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, r1=2.0, r1_every=3, ema=0)
+    plain = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, r1=0.0, ema=0)
+    plain.load_state_dict(lazy.state_dict())
+    x = torch.rand(8, 1, 28, 28)
+    extra = []
+    for _ in range(6):
+        torch.manual_seed(1)  # the same fakes for both models
+        a = lazy.training_step((x,), optimizer="d")
+        torch.manual_seed(1)
+        b = plain.training_step((x,), optimizer="d")
+        extra.append((a["loss"] - b["loss"]).item())
+    r1 = extra[0] / (0.5 * 2.0 * 3)
+    assert r1 > 0 and lazy.d_updates == 6
+    assert extra[3] == pytest.approx(extra[0], rel=1e-5)  # updates 0 and 3 penalised, the same D and x
+    assert extra[1:3] == [0.0, 0.0] and extra[4:] == [0.0, 0.0]
+    state = lazy.state_dict()
+    fresh = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, r1=2.0, r1_every=3, ema=0)
+    fresh.load_state_dict(state)
+    assert fresh.d_updates == 6  # the count travels with checkpoints: resume penalises the same updates
+
+
+def test_ema_generator_averages_the_iterates_and_samples():
+    m = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, ema=0.5)
+    assert all(not p.requires_grad for p in m.generator_ema.parameters())
+    before = [p.clone() for p in m.generator_ema.parameters()]
+    with torch.no_grad():
+        for p in m.generator.parameters():
+            p.add_(1.0)
+        m.generator[2].running_mean.fill_(0.25)
+    m.on_train_batch_end(1000)  # decay 0.5 once past the warm-up
+    for avg, old, p in zip(m.generator_ema.parameters(), before, m.generator.parameters()):
+        assert torch.allclose(avg, 0.5 * old + 0.5 * p)
+    assert torch.equal(m.generator_ema[2].running_mean, m.generator[2].running_mean)
+    z_gen = torch.Generator().manual_seed(0)
+    m.eval()
+    expected = m.generator_ema(m.noise(4, torch.Generator().manual_seed(0)))
+    assert torch.allclose(m.sample(4, generator=z_gen), expected)
+    assert not torch.allclose(expected, m.generator(m.noise(4, torch.Generator().manual_seed(0))))
+    assert {"samples", "samples_raw_generator"} <= set(m.visuals((torch.rand(4, 1, 28, 28), None)))
+    early = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, ema=0.999)
+    with torch.no_grad():
+        for p in early.generator.parameters():
+            p.add_(1.0)
+    early.on_train_batch_end(1)  # warm-up: decay (1 + 1) / (10 + 1), the average moves most of the way
+    w_avg, w = early.generator_ema[0].weight, early.generator[0].weight
+    assert torch.allclose(w - w_avg, torch.full_like(w, 2 / 11), atol=1e-6)
+    assert GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, ema=0).sampler is not None
+    with pytest.raises(ValueError, match="ema"):
+        GAN((1, 28, 28), ema=1.0)
+
+
+def test_gan_resume_mid_epoch_is_exact(mnist_root, tmp_path):
+    """EMA weights, batch-norm statistics and the lazy-R1 count all come back: the same losses and weights."""
+    over = [f"data.root={mnist_root}", "data.limit=320", "data.val_size=64", "train.epochs=2", "train.device=cpu",
+            "train.batch_size=32", "train.log_every=1", "model.g_width=4", "model.d_width=4", "model.r1_every=2"]
+    full = fit(load_config("configs/gan.yaml", over), tmp_path / "a")
+    stopped = fit(load_config("configs/gan.yaml", [*over, "train.max_steps=7"]), tmp_path / "b")
+    assert stopped.metrics["step"] == 7
+    resumed = fit(load_config("configs/gan.yaml", over), tmp_path / "b", resume=True)
+    losses = lambda t: [(h["step"], h["d/loss"], h["g/loss"]) for h in t.metrics["history"]]  # noqa: E731
+    assert len(losses(full)) == full.metrics["step"] > 7 and losses(resumed) == losses(full)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert k == "_extra_state" or torch.equal(a, b), k
+    assert resumed.model.d_updates == full.model.d_updates == full.metrics["step"]
+
+
 # ---- sampling ---------------------------------------------------------------------------------------------------
 def test_sample_shapes_range_and_seeds():
     m = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4)
@@ -150,6 +219,10 @@ def test_sample_shapes_range_and_seeds():
     cold = m.sample(3, generator=torch.Generator().manual_seed(0), temperature=0.0)
     assert torch.allclose(cold[0], cold[1]) and torch.allclose(cold[1], cold[2])
     assert m.visuals((torch.rand(4, 1, 28, 28), None))["samples"].shape == (64, 1, 28, 28)
+    deep = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, depth=2)
+    assert deep.sample(3).shape == (3, 1, 28, 28) and deep.discriminator(torch.rand(3, 1, 28, 28)).shape == (3,)
+    convs = lambda net: sum(isinstance(x, nn.Conv2d) for x in net.modules())  # noqa: E731
+    assert convs(deep.generator) - convs(m.generator) == 4 and convs(deep.discriminator) - convs(m.discriminator) == 4
     s1 = GAN1D().draw(7, generator=torch.Generator().manual_seed(0))
     assert s1.shape == (7, 1) and not hasattr(GAN1D, "sample")  # not an image model for `zoo sample`
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from zoo import checkpoint as ckpt_io
 from zoo.config import load_config
 from zoo.errors import ZooError
 from zoo.registry import list_models
-from zoo.trainer import fit
+from zoo.trainer import Trainer, fit
 
 
 def _losses(trainer):
@@ -31,6 +33,51 @@ def test_resume_mid_epoch_gives_the_same_losses(mnist_root, tmp_path):
     assert [e["val/loss"] for e in resumed.metrics["epochs"]] == [e["val/loss"] for e in full.metrics["epochs"]]
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_after_the_batch_and_resume_continues_exactly(mnist_root, tmp_path, monkeypatch, sig):
+    full = fit(load_config(small_vae_config(mnist_root)), tmp_path / "a")
+    real_step, calls = Trainer.train_step, []
+
+    def step_then_signal(self, batch):
+        out = real_step(self, batch)
+        calls.append(1)
+        if len(calls) == 5:  # arrives mid-epoch, while the loop is busy
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    before = signal.getsignal(sig)
+    stopped = fit(load_config(small_vae_config(mnist_root)), tmp_path / "b")
+    assert signal.getsignal(sig) is before  # the handler is put back
+    assert stopped.metrics["status"] == "interrupted" and stopped.metrics["step"] == 5
+    ck = ckpt_io.load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert (ck["step"], ck["batch_in_epoch"]) == (5, 5)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = fit(load_config(small_vae_config(mnist_root)), tmp_path / "b", resume=True)
+    assert resumed.metrics["status"] == "finished" and _losses(resumed) == _losses(full)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_cli_reports_an_interrupted_run_with_exit_130_and_the_resume_command(mnist_root, tmp_path, monkeypatch,
+                                                                             capsys):
+    from zoo.cli import main
+
+    real_step = Trainer.train_step
+
+    def interrupted(self, batch):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    run = tmp_path / "run"
+    code = main(["train", "configs/vae.yaml", "--run-dir", str(run), "--quiet", f"data.root={mnist_root}",
+                 "data.limit=256", "data.val_size=64", "train.device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 130 and f"--resume {run}" in err
+    assert json.loads((run / "metrics.json").read_text())["step"] == 1
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(mnist_root, tmp_path):

@@ -64,6 +64,9 @@ def train(
     last = m["epochs"][-1] if m["epochs"] else {}
     shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val/"))
     print(f"{m['status']}: {trainer.run_dir} (epoch {m['epoch']}, step {m['step']}{', ' + shown if shown else ''})")
+    if m["status"] == "interrupted":  # Ctrl-C or SIGTERM: last.pt was saved after a whole batch
+        print(f"continue with: zoo train {config} --resume {trainer.run_dir}", file=sys.stderr)
+        raise Exit(130)
 
 
 @app.command()
@@ -192,7 +195,9 @@ def compress(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit 2 on bad input; usage errors are folded to one line too."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="zoo")
+        rc = app(args=argv, standalone_mode=False, prog_name="zoo")
+        if isinstance(rc, int):  # typer.Exit(code) raised in a command comes back as its code here
+            return rc
     except ZooError as e:
         _err(f"error: {e}")
         return 2

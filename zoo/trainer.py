@@ -11,6 +11,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,32 @@ def save_png(tensor_or_figure, path: Path) -> None:
         tensor_or_figure.savefig(path, dpi=100, bbox_inches="tight")
 
 
+class StopRequests:
+    """While training, SIGINT (Ctrl-C) and SIGTERM (kill, schedulers, torchrun) ask for a stop instead of raising
+    mid-step: the loop finishes its batch, so every optimizer of the schedule has stepped, then saves a resumable
+    last.pt. A second Ctrl-C stops at once, saving nothing."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 class Trainer:
     """Builds data, model, optimizers from a resolved config and runs (or resumes) training in ``run_dir``."""
 
@@ -127,6 +155,7 @@ class Trainer:
         self.best = math.inf
         self.history: list[dict] = []
         self.epochs_log: list[dict] = []
+        self.model.setup(self.data)
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         else:
@@ -260,13 +289,27 @@ class Trainer:
     def fit(self) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
-        t = self.cfg["train"]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(dump(self.cfg))
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.step if self.step else None)
         if self.step == 0:
             self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", 0)
         self.model.train()
+        stop = StopRequests()
+        with stop:
+            status = self._loop(stop)
+        self.save()
+        out = self.write_metrics(status)
+        if status == "finished":
+            self.finish()
+        elif status == "interrupted":
+            self.log(f"{stop.requested}: saved {self.run_dir} at epoch {self.epoch}, step {self.step}")
+        self.writer.close()
+        return out
+
+    def _loop(self, stop: StopRequests) -> str:
+        """Epochs until done, ``max_steps`` (status "stopped") or a stop request ("interrupted")."""
+        t = self.cfg["train"]
         bs = t["batch_size"]
         n_batches = self.data.num_batches("train", bs)
         status = "finished"
@@ -275,6 +318,8 @@ class Trainer:
         except ImportError:  # progress is optional
             tqdm = None
         while self.epoch < t["epochs"]:
+            if stop.requested:
+                return "interrupted"
             order = self._order(self.epoch)
             bar = None
             if tqdm is not None and not self.quiet:
@@ -285,6 +330,7 @@ class Trainer:
             for batch in self.data.batches("train", bs, order=order, skip=self.batch_in_epoch, generator=self.noise):
                 terms = self.train_step(batch)
                 self.step += 1
+                self.model.on_train_batch_end(self.step)
                 self.batch_in_epoch += 1
                 seen += len(batch[0])
                 for k, v in terms.items():
@@ -308,19 +354,17 @@ class Trainer:
                 if t["max_steps"] and self.step >= t["max_steps"]:
                     status = "stopped"
                     break
+                if stop.requested:
+                    status = "interrupted"
+                    break
             if bar is not None:
                 bar.close()
-            if status == "stopped" and self.batch_in_epoch < n_batches:
-                break
+            if status != "finished" and self.batch_in_epoch < n_batches:
+                return status  # mid-epoch: last.pt resumes from the next batch
             self.end_epoch()
-            if status == "stopped":
-                break
-        self.save()
-        out = self.write_metrics(status)
-        if status == "finished":
-            self.finish()
-        self.writer.close()
-        return out
+            if status != "finished":
+                return status
+        return status
 
     def end_epoch(self) -> None:
         """Epoch bookkeeping: model hook, validation, visuals, schedulers, checkpoints, metrics."""

@@ -33,6 +33,9 @@ class ZooModel(nn.Module):
         """Optimizer names to step, in order, for one batch (GAN: ``["d"] * k + ["g"]``)."""
         return list(self.param_groups())
 
+    def setup(self, data) -> None:
+        """Called before every fit, fresh or resumed, with the data module: take references the run needs."""
+
     def on_fit_start(self, data) -> None:
         """Data-dependent initialisation before the first step of a fresh run (not called on resume)."""
 
@@ -46,6 +49,10 @@ class ZooModel(nn.Module):
         for name in self.update_schedule():
             out.update(self.training_step(batch, optimizer=name))
         return out
+
+    def on_train_batch_end(self, step: int) -> None:
+        """Hook after every optimizer of the schedule has stepped on a batch; ``step`` counts batches from 1
+        (GAN: the running average of the generator's weights)."""
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Hook after each training epoch; may return extra scalars to log (rule-based models finish here)."""

@@ -16,6 +16,7 @@ function G*(z) = 1 - sqrt(1 - z) (the inverse of the CDF 2x - x^2).
 """
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -50,7 +51,7 @@ class _TwoPlayer(ZooModel):
     generator: nn.Module
     discriminator: nn.Module
 
-    def __init__(self, generator_loss: str, d_steps: int, r1: float):
+    def __init__(self, generator_loss: str, d_steps: int, r1: float, r1_every: int = 1):
         super().__init__()
         if generator_loss not in GENERATOR_LOSSES:
             raise ValueError(f"generator_loss must be one of {', '.join(GENERATOR_LOSSES)}, got {generator_loss!r}"
@@ -59,7 +60,45 @@ class _TwoPlayer(ZooModel):
             raise ValueError(f"d_steps must be >= 1, got {d_steps}")
         if r1 < 0:
             raise ValueError(f"r1 must be >= 0, got {r1}")
-        self.generator_loss, self.d_steps, self.r1 = generator_loss, d_steps, r1
+        if r1_every < 1:
+            raise ValueError(f"r1_every must be >= 1, got {r1_every}")
+        self.generator_loss, self.d_steps, self.r1, self.r1_every = generator_loss, d_steps, r1, r1_every
+        # D updates so far (lazy R1 penalises every r1_every-th) and the last penalty measured (logged every
+        # step). Kept on the host, saved as extra state: no device sync per step, and resume is exact.
+        self.d_updates, self.last_r1 = 0, 0.0
+        self.generator_ema = None
+
+    def get_extra_state(self):
+        return {"d_updates": self.d_updates, "last_r1": float(self.last_r1)}
+
+    def set_extra_state(self, state):
+        self.d_updates, self.last_r1 = int(state["d_updates"]), float(state["last_r1"])
+
+    def _init_ema(self, decay: float) -> None:
+        """A frozen copy of G whose weights follow an exponential moving average of G's (call after building G).
+
+        Averaging the iterates of a two-player game cancels much of their rotation around the equilibrium
+        (Yazıcı et al. 2019): samples come from the average, training still steps the raw G."""
+        if not 0 <= decay < 1:
+            raise ValueError(f"ema must be in [0, 1) (0 turns the average off), got {decay}")
+        self.ema_decay = decay
+        if decay:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator that samples: the weight average when there is one, else G itself."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    @torch.no_grad()
+    def on_train_batch_end(self, step: int) -> None:
+        if self.generator_ema is None:
+            return
+        decay = min(self.ema_decay, (1 + step) / (10 + step))  # short memory early: the start is forgotten fast
+        for avg, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            avg.lerp_(p, 1 - decay)
+        for avg, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            avg.copy_(b)  # batch-norm statistics are taken as they are, not averaged
 
     def param_groups(self):
         return {"d": list(self.discriminator.parameters()), "g": list(self.generator.parameters())}
@@ -76,16 +115,22 @@ class _TwoPlayer(ZooModel):
         if optimizer == "d":
             with torch.no_grad():  # D's step needs no gradient through G
                 fake = self.generator(z)
-            if self.r1:
+            penalise = self.r1 > 0 and self.d_updates % self.r1_every == 0
+            self.d_updates += 1
+            if penalise:
                 x = x.detach().requires_grad_(True)
             real_logits, fake_logits = self.discriminator(x), self.discriminator(fake)
             terms = {"loss": discriminator_loss(real_logits, fake_logits),
                      "d_real": torch.sigmoid(real_logits).mean().detach(),
                      "d_fake": torch.sigmoid(fake_logits).mean().detach()}
-            if self.r1:  # R1 (Mescheder et al. 2018): zero at the equilibrium, damps the rotation around it
+            if penalise:  # R1 (Mescheder et al. 2018): zero at the equilibrium, damps the rotation around it
                 grad, = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
-                terms["r1"] = grad.pow(2).flatten(1).sum(1).mean()
-                terms["loss"] = terms["loss"] + 0.5 * self.r1 * terms["r1"]
+                r1 = grad.pow(2).flatten(1).sum(1).mean()
+                # lazy (StyleGAN2): every r1_every-th step, weighted by r1_every, the same penalty on average
+                terms["loss"] = terms["loss"] + 0.5 * self.r1 * self.r1_every * r1
+                self.last_r1 = r1.detach()
+            if self.r1:
+                terms["r1"] = torch.as_tensor(self.last_r1, device=x.device).float()
             return terms
         if optimizer == "g":
             fake_logits = self.discriminator(self.generator(z))
@@ -112,25 +157,36 @@ class GAN(_TwoPlayer):
     """G: z -> fc -> (2w, 7, 7) -> convT -> (w, 14, 14) -> convT -> sigmoid (1, 28, 28), BN + ReLU.
     D: conv(w, 4, s2) -> conv(2w, 4, s2) -> fc -> one logit, LeakyReLU(0.2), no batch norm (so real and fake
     batches never share statistics and evaluation needs no running averages in D).
+    ``depth`` adds that many 3x3 convolutions at 7x7 and at 14x14 in each network (each about doubles the cost).
     """
 
-    def __init__(self, input_shape, latent_dim: int = 64, g_width: int = 64, d_width: int = 64,
-                 generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1, r1: float = 1.0, num_visuals: int = 64):
-        super().__init__(generator_loss, d_steps, r1)
+    def __init__(self, input_shape, latent_dim: int = 64, g_width: int = 64, d_width: int = 64, depth: int = 0,
+                 generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1,
+                 r1: float = 1.0, r1_every: int = 1, ema: float = 0.999, num_visuals: int = 64):
+        super().__init__(generator_loss, d_steps, r1, r1_every)
         c, h, w = input_shape
         if (h, w) != (28, 28):
             raise ValueError(f"this DCGAN is laid out for 28x28 images, got {h}x{w}")
-        if min(latent_dim, g_width, d_width, num_visuals) < 1:
-            raise ValueError("latent_dim, g_width, d_width and num_visuals must be positive")
+        if min(latent_dim, g_width, d_width, num_visuals) < 1 or depth < 0:
+            raise ValueError("latent_dim, g_width, d_width and num_visuals must be positive, depth >= 0")
         self.latent_dim = latent_dim
+
+        def g_convs(ch):
+            return [m for _ in range(depth) for m in (nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch),
+                                                       nn.ReLU())]
+
+        def d_convs(ch):
+            return [m for _ in range(depth) for m in (nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2))]
+
         self.generator = nn.Sequential(
             nn.Linear(latent_dim, 2 * g_width * 7 * 7, bias=False), nn.Unflatten(1, (2 * g_width, 7, 7)),
-            nn.BatchNorm2d(2 * g_width), nn.ReLU(),
+            nn.BatchNorm2d(2 * g_width), nn.ReLU(), *g_convs(2 * g_width),
             nn.ConvTranspose2d(2 * g_width, g_width, 4, 2, 1, bias=False), nn.BatchNorm2d(g_width), nn.ReLU(),
+            *g_convs(g_width),
             nn.ConvTranspose2d(g_width, c, 4, 2, 1), nn.Sigmoid())  # MNIST pixels are in [0, 1]
         self.discriminator = nn.Sequential(
-            nn.Conv2d(c, d_width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(d_width, 2 * d_width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, d_width, 4, 2, 1), nn.LeakyReLU(0.2), *d_convs(d_width),
+            nn.Conv2d(d_width, 2 * d_width, 4, 2, 1), nn.LeakyReLU(0.2), *d_convs(2 * d_width),
             nn.Flatten(), nn.Linear(2 * d_width * 7 * 7, 1), nn.Flatten(0))
         for m in self.modules():  # DCGAN initialisation: N(0, 0.02) weights
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -140,6 +196,7 @@ class GAN(_TwoPlayer):
         # the same noise every epoch, saved with the model: the sample grids show progress, not luck
         self.register_buffer("fixed_z", torch.randn(num_visuals, latent_dim,
                                                     generator=torch.Generator().manual_seed(1234)))
+        self._init_ema(ema)
 
     def noise(self, n, generator=None):
         z = torch.randn(n, self.latent_dim, generator=generator,
@@ -151,7 +208,7 @@ class GAN(_TwoPlayer):
         """n images [n, 1, 28, 28] in [0, 1]; ``temperature`` scales the noise (truncation-like below 1)."""
         was = self.training
         self.eval()  # batch norm from running statistics: a sample does not depend on its batch-mates
-        out = self.generator(self.noise(n, generator) * temperature)
+        out = self.sampler(self.noise(n, generator) * temperature)
         self.train(was)
         return out
 
@@ -159,9 +216,12 @@ class GAN(_TwoPlayer):
         was = self.training
         self.eval()
         with torch.no_grad():
-            fixed = self.generator(self.fixed_z)
+            fixed = self.sampler(self.fixed_z)
+            out = {"samples": fixed, "real": batch[0][: len(fixed)]}
+            if self.generator_ema is not None:  # the raw iterate beside the average: what EMA buys
+                out["samples_raw_generator"] = self.generator(self.fixed_z)
         self.train(was)
-        return {"samples": fixed, "real": batch[0][: len(fixed)]}
+        return out
 
     @torch.no_grad()
     def evaluate(self, data, ctx):

@@ -97,19 +97,20 @@ class KMeansNet(ClusterModel, ZooModel):
         return {"loss": loss, "inertia_per_image": hard}
 
     # ---- fitting hooks ----------------------------------------------------------------------------------------
+    def setup(self, data) -> None:
+        self._train_x = data.tensors("train")[0].flatten(1)  # fresh or resumed: on_epoch_end's full-data cost
+
     def on_fit_start(self, data) -> None:
         """Initial centres from the training split, drawn from torch's global RNG (the trainer seeds it)."""
         x, y = data.tensors("train")
-        x = x.flatten(1)
         with torch.no_grad():
-            c = init_centers(self.init, x, y, self.k)
+            c = init_centers(self.init, x.flatten(1), y, self.k)
             self.centers.copy_(c)
             self.init_centers.copy_(c)
-        self._train_x = x
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """The k-means cost of the current centres on the whole training split (convergence, collapse)."""
-        if self._train_x is None:  # resumed run: on_fit_start is not called, so the split is not at hand
+        if self._train_x is None:  # used outside the trainer, without setup()
             return {}
         x = self._train_x
         labels = self.assign(x)
