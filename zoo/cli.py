@@ -63,9 +63,13 @@ def train(
     m = trainer.metrics
     last = m["epochs"][-1] if m["epochs"] else {}
     shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val/"))
-    print(f"{m['status']}: {trainer.run_dir} (epoch {m['epoch']}, step {m['step']}{', ' + shown if shown else ''})")
+    main = trainer.dist.is_main  # under torchrun, rank 0 speaks for all
+    if main:
+        print(f"{m['status']}: {trainer.run_dir} (epoch {m['epoch']}, step {m['step']}{', ' + shown if shown else ''})")
     if m["status"] == "interrupted":  # Ctrl-C or SIGTERM: last.pt was saved after a whole batch
-        print(f"continue with: zoo train {config} --resume {trainer.run_dir}", file=sys.stderr)
+        if main:
+            again = "torchrun ... -m zoo" if trainer.dist.enabled else "zoo"
+            print(f"continue with: {again} train {config} --resume {trainer.run_dir}", file=sys.stderr)
         raise Exit(130)
 
 

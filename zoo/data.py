@@ -87,7 +87,7 @@ class DataModule:
                 skip: int = 0, generator: torch.Generator | None = None) -> Iterator:
         """Batches of ``split`` in ``order`` (a permutation) or in sequence, starting after ``skip`` batches."""
         x, y = self.tensors(split)
-        n = len(x)
+        n = len(x) if order is None else len(order)  # an order may cover a part (one process's shard)
         for start in range(skip * batch_size, n, batch_size):
             idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
             xb = x[idx]

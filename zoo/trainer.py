@@ -3,6 +3,7 @@
 State is explicit (epoch, step, batch within the epoch, every RNG, the noise generator of the data): a run
 stopped after any step and resumed from its checkpoint continues with the same numbers as an uninterrupted run.
 Data order is a function of (seed, epoch), so a mid-epoch resume only skips the batches already seen.
+Under torchrun each process trains on its shard of that order and gradients are averaged (zoo/distributed.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from . import checkpoint as ckpt_io
 from .config import dump
 from .data import create_data
+from .distributed import Dist
 from .errors import ConfigError, ZooError, suggest
 from .registry import create_model
 
@@ -112,17 +114,28 @@ class StopRequests:
         return False
 
 
+class _NoWriter:
+    """What ranks other than 0 log to: nothing (rank 0 alone writes the run dir)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 class Trainer:
     """Builds data, model, optimizers from a resolved config and runs (or resumes) training in ``run_dir``."""
 
     def __init__(self, cfg: dict, run_dir: str | Path | None = None, *, quiet: bool = False, resume: bool = False,
                  log=print):
-        self.cfg, self.quiet, self.log = cfg, quiet, log
         t = cfg["train"]
-        self.device = pick_device(t["device"])
+        self.dist = Dist.from_env(t["device"])
+        if not self.dist.is_main:  # one progress bar and one set of messages, from rank 0
+            quiet, log = True, (lambda s: None)
+        self.cfg, self.quiet, self.log = cfg, quiet, log
+        self.device = self.dist.device(pick_device(t["device"]))
         if t["precision"] == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
-        self.run_dir = Path(run_dir) if run_dir else new_run_dir(cfg["name"])
+        chosen = (str(run_dir) if run_dir else str(new_run_dir(cfg["name"]))) if self.dist.is_main else None
+        self.run_dir = Path(self.dist.broadcast_object(chosen))  # numbered once, by rank 0
         resume_ckpt = None
         if resume:
             resume_ckpt = ckpt_io.load(ckpt_io.find_checkpoint(self.run_dir, "last"))
@@ -132,9 +145,16 @@ class Trainer:
                            f"or pick another --run-dir")
 
         seed_everything(t["seed"])
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 fetches the data first: one download, not one per process
         self.data = create_data(**{k: v for k, v in cfg["data"].items()}).to(self.device)
+        if self.dist.is_main:
+            self.dist.barrier()
         margs = {k: v for k, v in cfg["model"].items() if k != "name"}
         self.model = create_model(cfg["model"]["name"], **{**self.data.info, **margs}).to(self.device)
+        if self.dist.enabled and self.model.manual_update:
+            raise ZooError(f"model '{cfg['model']['name']}' updates by a rule, not by gradients, so its processes "
+                           f"cannot average their steps; train it with plain zoo train (one process)")
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         if not self.model.manual_update:
@@ -160,7 +180,16 @@ class Trainer:
             self._restore(resume_ckpt)
         else:
             self.model.on_fit_start(self.data)
+            if self.dist.enabled:
+                self._seed_rank()
+        self.dist.broadcast_module(self.model)  # the replicas start identical, whatever each one drew
         self.writer = None
+
+    def _seed_rank(self) -> None:
+        """Each process its own random streams (dropout, GAN noise, dequantisation) after the shared init."""
+        seed = self.cfg["train"]["seed"] + 100_003 * self.dist.rank
+        seed_everything(seed)
+        self.noise.manual_seed(seed + 1)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def _check_resumable(self, ck: dict) -> None:
@@ -173,8 +202,10 @@ class Trainer:
                                f"config ({old[section].get(sorted(diff)[0])!r} vs "
                                f"{self.cfg[section].get(sorted(diff)[0])!r}); use the run's config.yaml")
 
-    def state(self) -> dict[str, Any]:
-        return {
+    def state(self, all_ranks: bool = True) -> dict[str, Any]:
+        """The checkpoint payload. With several processes and ``all_ranks`` (a collective: every rank calls it)
+        it carries each rank's RNG states, which an exact resume needs."""
+        out = {
             "model_name": self.cfg["model"]["name"],
             "config": self.cfg,
             "data_info": self.data.info,
@@ -187,6 +218,9 @@ class Trainer:
             "rng": ckpt_io.rng_state(),
             "noise_rng": self.noise.get_state(),
         }
+        if self.dist.enabled and all_ranks:
+            out["rank_rng"] = self.dist.gather_object({"rng": out["rng"], "noise_rng": out["noise_rng"]})
+        return out
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
@@ -197,8 +231,14 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
         self.best = ck["best"]
-        ckpt_io.set_rng_state(ck["rng"])
-        self.noise.set_state(ck["noise_rng"])
+        ranks = ck.get("rank_rng") or [{"rng": ck["rng"], "noise_rng": ck["noise_rng"]}]
+        if len(ranks) == self.dist.world:
+            ckpt_io.set_rng_state(ranks[self.dist.rank]["rng"])
+            self.noise.set_state(ranks[self.dist.rank]["noise_rng"])
+        else:
+            self.log(f"note: {self.run_dir} was trained by {len(ranks)} process(es) and resumes with "
+                     f"{self.dist.world}: it continues, but not with the numbers of an uninterrupted run")
+            self._seed_rank()
         metrics = self.run_dir / "metrics.json"
         if metrics.exists():
             old = json.loads(metrics.read_text())
@@ -207,15 +247,19 @@ class Trainer:
         self.log(f"resuming {self.run_dir} at epoch {self.epoch}, step {self.step}")
 
     def save(self, which: str = "last") -> None:
-        ckpt_io.save(self.run_dir / "checkpoints" / f"{which}.pt", self.state())
+        """Rank 0 writes. ``last`` is collective (all ranks call it at the same step); ``best`` is not."""
+        state = self.state(all_ranks=which == "last")
+        if self.dist.is_main:
+            ckpt_io.save(self.run_dir / "checkpoints" / f"{which}.pt", state)
 
     def write_metrics(self, status: str) -> dict:
         out = {"name": self.cfg["name"], "model": self.cfg["model"]["name"], "status": status,
                "epoch": self.epoch, "step": self.step, "best": self.best if math.isfinite(self.best) else None,
                "epochs": self.epochs_log, "history": self.history}
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(out, indent=1))
-        os.replace(tmp, self.run_dir / "metrics.json")
+        if self.dist.is_main:
+            tmp = self.run_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(out, indent=1))
+            os.replace(tmp, self.run_dir / "metrics.json")
         return out
 
     # ---- the loop ---------------------------------------------------------------------------------------------
@@ -246,6 +290,7 @@ class Trainer:
                 opt = self.optimizers[name]
                 opt.zero_grad(set_to_none=True)
                 self.scaler.scale(terms["loss"]).backward()
+                self.dist.average_grads(p for g in opt.param_groups for p in g["params"])
                 if t["grad_clip"]:
                     self.scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], t["grad_clip"])
@@ -273,6 +318,8 @@ class Trainer:
         return {f"val/{k}": (v / n).item() for k, v in sums.items()}
 
     def log_visuals(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
         split = "val" if "val" in self.data.splits else "test"
         batch = next(self.data.batches(split, 64, generator=torch.Generator().manual_seed(0)))
         self.model.eval()
@@ -289,9 +336,12 @@ class Trainer:
     def fit(self) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump(self.cfg))
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.step if self.step else None)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump(self.cfg))
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=self.step if self.step else None)
+        else:
+            self.writer = _NoWriter()
         if self.step == 0:
             self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", 0)
         self.model.train()
@@ -300,27 +350,29 @@ class Trainer:
             status = self._loop(stop)
         self.save()
         out = self.write_metrics(status)
-        if status == "finished":
+        if status == "finished" and self.dist.is_main:
             self.finish()
         elif status == "interrupted":
-            self.log(f"{stop.requested}: saved {self.run_dir} at epoch {self.epoch}, step {self.step}")
+            self.log(f"{stop.requested or 'stop request'}: saved {self.run_dir} at epoch {self.epoch}, "
+                     f"step {self.step}")
         self.writer.close()
+        self.dist.close()
         return out
 
     def _loop(self, stop: StopRequests) -> str:
         """Epochs until done, ``max_steps`` (status "stopped") or a stop request ("interrupted")."""
         t = self.cfg["train"]
         bs = t["batch_size"]
-        n_batches = self.data.num_batches("train", bs)
         status = "finished"
         try:
             from tqdm import tqdm
         except ImportError:  # progress is optional
             tqdm = None
         while self.epoch < t["epochs"]:
-            if stop.requested:
+            if self.dist.any(stop.requested is not None):
                 return "interrupted"
-            order = self._order(self.epoch)
+            order = self.dist.shard(self._order(self.epoch))
+            n_batches = -(-len(order) // bs)
             bar = None
             if tqdm is not None and not self.quiet:
                 bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t['epochs']}",
@@ -337,10 +389,10 @@ class Trainer:
                     sums[k] = sums.get(k, 0) + v
                 count += 1
                 if t["log_every"] and self.step % t["log_every"] == 0:
-                    values = {k: (v / count).item() for k, v in sums.items()}
+                    values = self.dist.mean({k: (v / count).item() for k, v in sums.items()})
                     for k, v in values.items():
                         self.writer.add_scalar(f"train/{k}", v, self.step)
-                    rate = seen / (time.perf_counter() - t0)
+                    rate = seen * self.dist.world / (time.perf_counter() - t0)
                     self.writer.add_scalar("train/items_per_s", rate, self.step)
                     self.history.append({"step": self.step, "epoch": self.epoch, **values})
                     if bar is not None:
@@ -354,7 +406,7 @@ class Trainer:
                 if t["max_steps"] and self.step >= t["max_steps"]:
                     status = "stopped"
                     break
-                if stop.requested:
+                if self.dist.any(stop.requested is not None):
                     status = "interrupted"
                     break
             if bar is not None:
@@ -369,6 +421,7 @@ class Trainer:
     def end_epoch(self) -> None:
         """Epoch bookkeeping: model hook, validation, visuals, schedulers, checkpoints, metrics."""
         extra = self.model.on_epoch_end(self.epoch)
+        self.dist.broadcast_module(self.model, buffers_only=True)  # batch-norm statistics follow rank 0
         val = self.validate()
         row = {"epoch": self.epoch, "step": self.step, **{f"train/{k}": v for k, v in extra.items()}, **val}
         for k, v in row.items():
