@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +23,17 @@ LENET = ["data.limit=512", "data.val_size=200", "train.device=cpu", "train.log_e
          "model.conv1=8", "model.conv2=8", "model.hidden=32"]
 
 
+def _cmd(config, args, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "zoo", "train", config, *args, "--quiet"]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def torchrun(tmp_path, config, *args, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "zoo", "train", config, *args, "--quiet"]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(_cmd(config, args, nproc), cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=300)
 
 
 def model_state(run):
@@ -74,6 +83,40 @@ def test_stopped_run_resumes_exactly_with_per_rank_random_streams(mnist_root, tm
     # rank 0 alone wrote the run: one TensorBoard file per launch, one status line per launch
     assert len(list((tmp_path / "full").glob("events.out.tfevents.*"))) == 1
     assert full.stdout.count("finished:") == 1
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int:
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    raise LookupError(f"no worker of rank {rank} under {launcher_pid}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
+def test_sigterm_to_one_rank_stops_all_after_the_same_batch(mnist_root, tmp_path):
+    """Only rank 1 gets the signal: the ranks agree to stop, rank 0 saves a last.pt that resumes exactly."""
+    cfg = os.path.abspath("configs/lenet.yaml")
+    args = [*LENET, "data.limit=16000", "train.epochs=1", "train.batch_size=16", "train.log_every=0",
+            f"data.root={os.path.abspath(mnist_root)}"]
+    proc = subprocess.Popen(_cmd(cfg, [*args, "--run-dir", "part"]), cwd=tmp_path, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list((tmp_path / "part").glob("events.out.tfevents.*")):  # rank 0 is in its training loop
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.1)
+    os.kill(_worker_of_rank(proc.pid, 1), signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert "interrupted: part" in out, err[-2000:]
+    ck = ckpt_io.load(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert 0 < ck["step"] < 500 and len(ck["rank_rng"]) == 2  # 16000 images / 2 ranks / 16 = 500 steps
+    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["status"] == "interrupted"
+    resumed = torchrun(tmp_path, cfg, *args, "--resume", "part")
+    full = torchrun(tmp_path, cfg, *args, "--run-dir", "full")
+    assert resumed.returncode == 0 and full.returncode == 0, resumed.stderr[-1000:] + full.stderr[-1000:]
+    a, b = model_state(tmp_path / "full"), model_state(tmp_path / "part")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_rule_based_model_is_refused_with_one_clear_line(mnist_root, tmp_path):
