@@ -24,8 +24,10 @@ from .errors import ZooError
 class Dist:
     """This process's place in the group; every method is a no-op (or the identity) for a single process."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owns_group: bool = False):
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, owns_group: bool = False,
+                 control=None):
         self.rank, self.world, self.local_rank, self.owns_group = rank, world, local_rank, owns_group
+        self.control = control  # a gloo group for host-side flags (None: the default group is already gloo)
 
     @property
     def enabled(self) -> bool:
@@ -53,7 +55,9 @@ class Dist:
         owns = not dist.is_initialized()
         if owns:
             dist.init_process_group("nccl" if cuda else "gloo")
-        return cls(rank, world, local_rank, owns)
+        # the per-step stop flag travels between the hosts' CPUs: over NCCL it would wait for the GPU every step
+        control = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
+        return cls(rank, world, local_rank, owns, control)
 
     def device(self, device: torch.device) -> torch.device:
         """Each process drives its own GPU (cuda:LOCAL_RANK)."""
@@ -113,8 +117,8 @@ class Dist:
             return flag
         import torch.distributed as dist
 
-        t = torch.tensor([int(flag)], device=self._comm_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
         return bool(t.item())
 
     def broadcast_module(self, module: torch.nn.Module, buffers_only: bool = False) -> None:
