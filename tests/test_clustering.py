@@ -301,6 +301,11 @@ def test_evaluate_reports_inertia_metrics_and_sklearn_on_the_same_images():
     assert out["lloyd_from_init"]["inertia"] <= inertia(x, net.init_centers) + 1e-6
     assert out["sklearn_kmeans"]["inertia"] == pytest.approx(out["lloyd_from_init"]["inertia"], rel=1e-4)
     assert out["inertia_vs_sklearn"] == pytest.approx(out["inertia"] / out["sklearn_kmeans"]["inertia"] - 1)
+    ctx = Ctx()
+    ctx.baselines = False  # zoo eval --no-baselines: the model's own numbers, no reference runs
+    own = net.evaluate(TinyData(x, y), ctx)
+    assert own["inertia"] == out["inertia"] and own["acc"] == out["acc"]
+    assert not {"sklearn_kmeans", "inertia_vs_sklearn", "lloyd_from_init"} & set(own)
 
 
 def test_artifacts_write_the_table_and_the_centres(tmp_path):

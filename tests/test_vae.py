@@ -121,6 +121,10 @@ def test_sample_and_eval_from_the_checkpoint_alone(mnist_root, tmp_path, capsys,
     assert res["model"] == "gaussian_ae" and res["test_images"] == 10000
     assert res["test_bpd"] == pytest.approx(bits_per_dim(res["test_nelbo_nats"], 784))
     assert math.isfinite(res["baseline_diag_gaussian_bpd"]) and math.isfinite(res["baseline_full_gaussian_bpd"])
+    assert cli.main(["eval", str(run), "--json", "--no-fid", "--no-baselines"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["test_bpd"] == res["test_bpd"]  # the model's number does not depend on the baselines
+    assert not any(k.startswith("baseline") for k in own)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])

@@ -36,6 +36,7 @@ class EvalContext:
     seed: int = 0
     config: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    baselines: bool = True  # reference methods on the same data (scikit-learn k-means, Gaussian fits, ...)
 
     def log(self, msg: str) -> None:
         _err(msg)
@@ -107,6 +108,8 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="LeNet run for FID-LeNet (default runs/lenet)"),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="FID-LeNet and mode coverage for models that sample"),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                   help="reference methods on the same data (the slow part of clustering evals)"),
 ):
     """Report a trained model's metrics (with baselines measured on the same data)."""
     import torch
@@ -123,7 +126,7 @@ def evaluate(
     data = create_data(**cfg["data"]).to(dev)
     path = find_checkpoint(run, checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator})
+    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator}, baselines)
     out: dict[str, Any] = {"run": str(run_dir), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
     with torch.no_grad():
         out.update(model.evaluate(data, ctx))
