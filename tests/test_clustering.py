@@ -34,6 +34,7 @@ class TinyData:
 
 class Ctx:
     seed = 0
+    baselines = True
 
     def log(self, msg):
         pass

@@ -21,6 +21,7 @@ from zoo.trainer import fit
 class Ctx:
     def __init__(self, seed=0, options=None):
         self.seed, self.options, self.config, self.messages = seed, options or {}, {}, []
+        self.baselines = True
         self.device = torch.device("cpu")
 
     def log(self, msg):

@@ -223,7 +223,7 @@ class ClusterModel:
         ctx.log(f"clustering {len(x)} training images")
         metrics, _ = self.clustering_summary(x, y)
         out = {"n_images": len(x), "k": self.k, **metrics, **self.extra_metrics(x, y, data, ctx)}
-        if not getattr(ctx, "baselines", True):  # zoo eval --no-baselines: the model's own numbers only
+        if not ctx.baselines:  # zoo eval --no-baselines: the model's own numbers only
             return out
         ctx.log(f"scikit-learn KMeans(n_clusters={self.k}, n_init=10) on the same {len(x)} images")
         out["sklearn_kmeans"] = sklearn_kmeans(x, y, self.k, n_init=10, seed=ctx.seed)

@@ -221,7 +221,7 @@ class GaussianAE(ZooModel):
         nelbo = total / n
         out = {"test_nelbo_nats": nelbo, "test_bpd": bits_per_dim(nelbo, self.dims), "test_images": n,
                "covariance": self.covariance}
-        if getattr(ctx, "baselines", True):
+        if ctx.baselines:
             train = torch.cat([x.flatten(1).double().cpu() for x, _ in data.batches("train", 5000, generator=gen)])
             out.update(gaussian_baselines(train, torch.cat(test)))
         return out

@@ -129,7 +129,7 @@ class KMeansNet(ClusterModel, ZooModel):
         """The model's own inertia (its centres, nearest-centre cells) and Lloyd's from the model's init."""
         out = {"inertia": inertia(x, self.centers.detach()), "init": self.init}
         out["inertia_per_image"] = out["inertia"] / len(x)
-        if self.init_centers.abs().sum() > 0 and getattr(ctx, "baselines", True):
+        if self.init_centers.abs().sum() > 0 and ctx.baselines:
             ctx.log(f"Lloyd's algorithm from the model's own {self.init} init")
             res = lloyd(x, self.init_centers, max_iter=1000)
             out["lloyd_from_init"] = {"inertia": res.inertia, "iterations": res.iterations,
