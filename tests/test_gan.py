@@ -303,9 +303,7 @@ def test_generative_metrics_of_real_images_and_of_noise(small_lenet_run, monkeyp
             self.i += n
             return out
 
-    from zoo.data import MNIST
-
-    test = MNIST(val_size=0).tensors("test")[0]
+    test = create_data("mnist", val_size=0).tensors("test")[0]
     ctx = Ctx(options={"evaluator": str(small_lenet_run)})
     real = fid.generative_metrics(Replay(test), None, ctx)
     assert abs(real["fid_lenet"]) < 1e-3  # identical sets (trace ~ 1e3: round-off only)

@@ -5,6 +5,7 @@ resolved config, model/optimizer/scheduler/scaler states, epoch and step, every 
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -50,10 +51,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: a crash never leaves a torn file."""
+    """Write a checkpoint atomically, stamped with the format and the zoo and torch versions."""
+    atomic_save(path, {"format": FORMAT, "zoo_version": __version__, "torch_version": str(torch.__version__),
+                       **payload})
+
+
+def atomic_save(path: Path, payload: Any) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "zoo_version": __version__, "torch_version": str(torch.__version__), **payload}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -82,6 +88,30 @@ def load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path) -> None:
+    """A run resumes only under the model and data sections it was trained with."""
+    from .data.base import COMMON_OPTIONS
+
+    old = {**ck["config"], "data": {**COMMON_OPTIONS, **ck["config"]["data"]}}  # runs from before those options
+    for section in ("model", "data"):
+        if old[section] != cfg[section]:
+            diff = sorted(k for k in set(old[section]) | set(cfg[section])
+                          if old[section].get(k) != cfg[section].get(k))[0]
+            raise ZooError(f"cannot resume '{run_dir}': its {section}.{diff} differs from this config "
+                           f"({old[section].get(diff)!r} vs {cfg[section].get(diff)!r}); use the run's config.yaml")
+
+
+def check_data_info(ck: dict[str, Any], info: dict[str, Any], run_dir: Path) -> None:
+    """The data must declare what it declared when the run started (vocabularies, shapes): else the saved
+    weights would meet other inputs."""
+    plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples read back from a checkpoint as lists)
+    old = ck.get("data_info") or {}
+    changed = sorted(k for k in set(old) | set(info) if plain(old.get(k)) != plain(info.get(k)))
+    if changed:
+        raise ZooError(f"cannot resume '{run_dir}': the data now declares a different {changed[0]} than when the "
+                       f"run started (did its files change?); restore them or start a new run")
+
+
 def find_checkpoint(run: str | Path, which: str = "last") -> Path:
     """A run dir, a run name under runs/, or a .pt file -> the checkpoint path."""
     p = Path(run)
@@ -104,7 +134,7 @@ def load_run(run: str | Path, device: str | torch.device | None = None, which: s
     ckpt = load(path)
     cfg = ckpt["config"]
     margs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    model = create_model(ckpt["model_name"], **{**ckpt.get("data_info", {}), **margs})
+    model = create_model(ckpt["model_name"], ckpt.get("data_info"), **margs)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

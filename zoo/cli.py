@@ -1,4 +1,6 @@
-"""The `zoo` command line: train, sample, eval, list, config show.
+"""The `zoo` command line: train, sample, reconstruct, eval, compress, list, config show.
+
+Commands are offered by capability (a model that can ``sample``, ``reconstruct``...), never by model or data name.
 
 Bad input (config, path, checkpoint, argument) ends with exit status 2 and one line on stderr that says what
 is wrong and how to fix it; never a traceback.
@@ -6,7 +8,6 @@ is wrong and how to fix it; never a traceback.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,21 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
 app.add_typer(config_app, name="config")
 
 
+#: What a model can do besides training, each an optional ZooModel method; a command that needs one checks it.
+CAPABILITIES = ("sample", "reconstruct", "translate", "compress")
+
+
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def require(model, capability: str, cfg: dict) -> None:
+    """One line when a run's model lacks what the command needs."""
+    if not callable(getattr(model, capability, None)):
+        can = [c for c in CAPABILITIES if callable(getattr(model, c, None))]
+        able = ", ".join(can) or "only be evaluated"
+        raise ZooError(f"model '{cfg['model']['name']}' cannot {capability}; it can: {able} "
+                       f"(`zoo list` shows what each model can do)")
 
 
 @dataclass
@@ -87,16 +101,43 @@ def sample(
     import torch
 
     from .checkpoint import load_run
-    from .trainer import pick_device, save_png
+    from .runtime import pick_device
+    from .visuals import save_png
 
     model, cfg, _ = load_run(run, pick_device(device))
-    if not hasattr(model, "sample"):
-        raise ZooError(f"model '{cfg['model']['name']}' cannot sample; `zoo list` marks the models that can")
+    require(model, "sample", cfg)
     if out.suffix.lower() != ".png":
         raise ZooError(f"-o {out}: write a .png file")
     images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature)
     save_png(images, out)
     print(f"wrote {n} samples to {out}")
+
+
+@app.command()
+def reconstruct(
+    run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
+    n: int = typer.Option(32, "-n", min=1, max=1000, help="number of test items"),
+    out: Path = typer.Option(Path("reconstructions.png"), "-o", "--out", help="PNG to write"),
+    seed: int = typer.Option(0, "--seed", help="seed of the data's transform noise"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+):
+    """Reconstruct test items: originals in the top half of the grid, reconstructions below."""
+    import torch
+
+    from .checkpoint import load_run
+    from .data import create_data
+    from .runtime import pick_device
+    from .visuals import save_png
+
+    model, cfg, _ = load_run(run, pick_device(device))
+    require(model, "reconstruct", cfg)
+    if out.suffix.lower() != ".png":
+        raise ZooError(f"-o {out}: write a .png file")
+    data = create_data(**cfg["data"])
+    x = next(data.batches("test", n, generator=torch.Generator().manual_seed(seed)))[0].to(model.device)
+    with torch.no_grad():
+        save_png(torch.cat([x, model.reconstruct(x)]), out)
+    print(f"wrote {n} test items and their reconstructions to {out}")
 
 
 @app.command("eval")
@@ -106,17 +147,19 @@ def evaluate(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
     seed: int = typer.Option(0, "--seed", help="seed of the evaluation noise and samples"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
-    evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="LeNet run for FID-LeNet (default runs/lenet)"),
+    evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="evaluator run dir for FID-LeNet"),
+    data_path: Optional[Path] = typer.Option(None, "--data", help="evaluate on this file instead of the run's "
+                                             "held-out split (models that read one, e.g. word pairs)"),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="FID-LeNet and mode coverage for models that sample"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
-                                   help="reference methods on the same data (the slow part of clustering evals)"),
+                                   help="reference methods on the same data (the slow part of some evals)"),
 ):
     """Report a trained model's metrics (with baselines measured on the same data)."""
     import torch
 
     from .checkpoint import find_checkpoint, load_run
     from .data import create_data
-    from .trainer import pick_device, seed_everything
+    from .runtime import pick_device, seed_everything
 
     if checkpoint not in ("last", "best"):
         raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
@@ -126,14 +169,15 @@ def evaluate(
     data = create_data(**cfg["data"]).to(dev)
     path = find_checkpoint(run, checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator}, baselines)
+    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator, "data": data_path}, baselines)
     out: dict[str, Any] = {"run": str(run_dir), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
     with torch.no_grad():
         out.update(model.evaluate(data, ctx))
-    if fid and hasattr(model, "sample") and cfg["data"]["name"] == "mnist":
-        from .fid import generative_metrics
+    if fid and callable(getattr(model, "sample", None)):
+        from .fid import applies, generative_metrics
 
-        out["generative"] = generative_metrics(model, data, ctx)
+        if applies(data):
+            out["generative"] = generative_metrics(model, data, ctx)
     if as_json:
         print(json.dumps(out, default=_jsonable))
     else:
@@ -157,15 +201,74 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@app.command()
+def translit(
+    run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
+    text: Optional[str] = typer.Argument(None, help="text to convert; without it, stdin is read and one line is "
+                                                    "printed per input line"),
+    beam: Optional[int] = typer.Option(None, "--beam", "-k", min=1, help="beam width (default: the run's config)"),
+    nbest: int = typer.Option(1, "--nbest", "-n", min=1, help="candidates per word, printed with log-probabilities"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="> 0: sample instead of search"),
+    seed: int = typer.Option(0, "--seed", help="seed of sampling"),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="words decoded at once"),
+    device: str = typer.Option("cpu", "--device", help="auto|cpu|cuda"),
+):
+    """Transliterate text with a model that can translate, word by word (digits/punctuation pass through)."""
+    import itertools
+
+    from .checkpoint import load_run
+    from .runtime import pick_device
+
+    if checkpoint not in ("last", "best"):
+        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    if temperature > 0 and ((beam or 1) > 1 or nbest > 1):
+        raise ZooError("--temperature draws one candidate per word; drop --beam/--nbest to sample")
+    model, cfg, _ = load_run(run, pick_device(device), which=checkpoint)
+    require(model, "translate", cfg)
+    if beam is not None and nbest > beam:
+        raise ZooError(f"--nbest {nbest} needs a beam at least as wide: add --beam {nbest}")
+    for stream in (sys.stdout, sys.stdin):  # UTF-8 whatever the locale; undecodable input bytes never crash
+        try:
+            stream.reconfigure(encoding="utf-8", errors="replace")
+        except (AttributeError, ValueError, OSError):  # not a text stream we may change: keep it as it is
+            pass
+    lines = iter([text]) if text is not None else (ln.rstrip("\r\n") for ln in sys.stdin)
+    done, block = 0, 2000  # bounded memory for any input length: blocks of lines, streamed out
+    while True:
+        chunk = list(itertools.islice(lines, block))
+        if not chunk:
+            break
+        words = sum(len(ln.split()) for ln in chunk)
+        progress = _progress if words > 20000 else None
+        for row in model.translate(chunk, beam=beam, nbest=nbest, temperature=temperature, seed=seed,
+                                   batch_size=batch_size, progress=progress):
+            if nbest == 1:
+                print(" ".join(cands[0][0] for _, cands in row))
+            else:
+                for token, cands in row:
+                    print(token + "\t" + "\t".join(f"{c} ({s:.3f})" for c, s in cands))
+        sys.stdout.flush()
+        done += len(chunk)
+        if done > block or len(chunk) == block:
+            _err(f"{done} lines done")
+
+
+def _progress(done: int, total: int) -> None:
+    """Progress of a long input on stderr (stdout stays the aligned output)."""
+    if done == total or done * 10 // total != (done - 1) * 10 // total:
+        _err(f"  {done}/{total} distinct words")
+
+
 @app.command("list")
-def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. 'gan*'")):
+def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. '*_ae'")):
     """List registered models (name, family, config, what it can do)."""
     from .registry import list_models
 
     infos = list_models(pattern)
     if not infos:
         raise ZooError(f"no model matches '{pattern}'; `zoo list` shows them all")
-    rows = [(i.name, i.family, i.config or "-", ",".join(c for c in ("sample", "reconstruct") if hasattr(i.builder, c))
+    rows = [(i.name, i.family, i.config or "-", ",".join(c for c in CAPABILITIES if callable(getattr(i.builder, c, None)))
              or "-", i.description) for i in infos]
     widths = [max(len(r[k]) for r in rows) for k in range(4)]
     for r in rows:

@@ -1,6 +1,6 @@
 """Clustering helpers shared by k-means, competitive learning and the Bernoulli mixture.
 
-Metrics are computed on the official 60,000 MNIST training images (``data.all_train()``), the set the
+Metrics are computed on the official 60,000 MNIST training images (``data.full_train()``), the set the
 homework's 10 x 10 (digit, cluster) table is about. ``ClusterModel`` gives every clustering model the same
 ``evaluate`` / ``artifacts`` / ``visuals`` from two methods: ``assign(x)`` (cluster ids) and ``prototypes()``.
 """
@@ -203,7 +203,7 @@ class ClusterModel:
 
     def data_for_metrics(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """The 60k training images, flattened as the model sees them, and their labels."""
-        x, y = data.all_train()
+        x, y = data.full_train()
         return x.flatten(1).to(self.device), y
 
     def extra_metrics(self, x: torch.Tensor, y: torch.Tensor, data, ctx) -> dict[str, Any]:

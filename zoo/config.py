@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from .data import data_class, data_parameters
+from .data.base import COMMON_OPTIONS, data_class, data_parameters
 from .errors import ConfigError, ZooError, suggest
-from .registry import DATA_ARGS, check_model_args, model_info
+from .registry import check_model_args, model_info
 
 OPTIMIZER = {"name": "adam", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999]}
 SCHEDULER = {"name": "none", "step_size": 1, "gamma": 0.1, "min_lr": 0.0}
@@ -196,9 +196,6 @@ def resolve(raw: dict, source: str | None = None) -> dict:
     margs = {k: v for k, v in model.items() if k != "name"}
     check_model_args(info.name, margs)
     _check_ctor(margs, info.builder, "model")
-    # data-derived arguments (input_shape...) come from the data module unless the config sets them
-    defaults = {k: v for k, v in info.defaults().items() if k not in DATA_ARGS}
-    model_full = {"name": info.name, **defaults, **margs}
 
     data = dict(raw.get("data") or {})
     if not isinstance(data, dict):
@@ -210,8 +207,14 @@ def resolve(raw: dict, source: str | None = None) -> dict:
             raise ConfigError(f"unknown key 'data.{key}' for data '{data['name']}'{suggest(key, dparams)}; "
                               f"valid keys: {', '.join(dparams)}")
     _check_ctor({k: v for k, v in data.items() if k != "name"}, data_class(data["name"]), "data")
+    for key, default in COMMON_OPTIONS.items():
+        if key in data and not _type_ok(data[key], default):
+            raise ConfigError(f"'data.{key}' must be {_type_name(default)}, got {data[key]!r}")
     data_full = {"name": data["name"], **{n: p.default for n, p in dparams.items()
                                          if p.default is not inspect.Parameter.empty}, **data}
+    # arguments the data declares (input_shape, vocabularies...) come from it unless the config sets them
+    declared = data_class(data["name"]).info_keys
+    model_full = {"name": info.name, **{k: v for k, v in info.defaults().items() if k not in declared}, **margs}
 
     train = _merge(TRAIN, raw.get("train") or {}, "train")
     for group, opts in (train["optimizers"] or {}).items():

@@ -134,12 +134,17 @@ def class_stats(probs: torch.Tensor, prefix: str = "") -> dict[str, Any]:
             f"{prefix}mean_confidence": float(probs.max(1).values.mean())}
 
 
+def applies(data) -> bool:
+    """FID-LeNet compares with real MNIST digits, so it applies to data of MNIST's shape [1, 28, 28]."""
+    return tuple(data.info.get("input_shape", ())) == (1, 28, 28)
+
+
 def real_mnist(data=None, root: str | None = None):
     """(first 10k official training images, 10k test images) in [0, 1], whatever the run's data transform."""
-    from .data import MNIST
+    from .data import create_data
 
-    mnist = MNIST(root=root, val_size=0)
-    x_train, _ = mnist.all_train()
+    mnist = create_data("mnist", root=root, val_size=0)
+    x_train, _ = mnist.full_train()
     x_test, _ = mnist.tensors("test")
     return x_train[:N_SAMPLES], x_test
 

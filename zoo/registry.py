@@ -8,10 +8,6 @@ from typing import Any, Callable
 
 from .errors import ConfigError, suggest
 
-#: Constructor arguments the trainer fills from the data module when the config does not set them.
-DATA_ARGS = ("input_shape", "num_classes", "vocab")
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -54,13 +50,13 @@ def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     from importlib.metadata import entry_points
 
     from . import models  # noqa: F401  (importing the package registers every model module)
 
     for ep in entry_points(group="zoo.models"):
         ep.load()
+    _loaded = True  # only now: a family that failed to import fails every call, never a short registry
 
 
 def model_info(name: str) -> ModelInfo:
@@ -85,18 +81,40 @@ def check_model_args(name: str, kwargs: dict[str, Any], prefix: str = "model") -
                               f"valid keys: {', '.join(params)}")
 
 
-def create_model(name: str, **kwargs):
-    """Build a registered model. Data-derived arguments (``input_shape``...) are passed only if accepted."""
+def create_model(name: str, data_info: dict[str, Any] | None = None, **kwargs):
+    """Build a registered model from its config arguments and the data's declared ``info``.
+
+    Info keys the constructor does not accept are dropped (a k-means net needs no ``num_classes``). Any failure
+    of the constructor, whatever its exception type, becomes one ConfigError naming the responsible
+    ``model.<key>`` when resetting that key to its default makes the model build.
+    """
     info = model_info(name)
     params = info.parameters()
-    for key in DATA_ARGS:
-        if key in kwargs and key not in params:
-            kwargs.pop(key)
     check_model_args(name, kwargs)
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in kwargs]
+    args = {k: v for k, v in (data_info or {}).items() if k in params}
+    args.update(kwargs)
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in args]
     if missing:
         raise ConfigError(f"model '{name}' needs {', '.join('model.' + m for m in missing)}")
     try:
-        return info.builder(**kwargs)
-    except (ValueError, TypeError) as e:  # constructors validate their own values
-        raise ConfigError(f"model '{name}': {e}") from None
+        return info.builder(**args)
+    except Exception as e:  # constructors validate their own values; torch raises RuntimeError for others
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        key = _culprit(info, args, kwargs)
+        if key is not None:
+            raise ConfigError(f"model.{key}={kwargs[key]!r} is not valid for model '{name}': {reason}") from None
+        raise ConfigError(f"model '{name}' cannot be built from this config and data: {reason}") from None
+
+
+def _culprit(info: ModelInfo, args: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """The config key whose reset to the constructor default lets the model build, if there is one."""
+    defaults = info.defaults()
+    for key in given:
+        if key not in defaults or given[key] == defaults[key]:
+            continue
+        try:
+            info.builder(**{**args, key: defaults[key]})
+        except Exception:
+            continue
+        return key
+    return None

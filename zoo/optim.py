@@ -1,0 +1,47 @@
+"""Optimizers and learning-rate schedules from the ``train.optimizer`` / ``train.scheduler`` config sections."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, suggest
+
+
+def build_optimizers(model, t: dict) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
+    """One optimizer (and schedule) per parameter group the model declares; none for rule-based models.
+    ``train.optimizers.NAME`` overrides ``train.optimizer`` for group NAME."""
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    schedulers: dict[str, Any] = {}
+    if model.manual_update:
+        return optimizers, schedulers
+    groups = model.param_groups()
+    for g in t["optimizers"]:
+        if g not in groups:
+            raise ConfigError(f"unknown key 'train.optimizers.{g}'{suggest(g, groups)}; this model's "
+                              f"optimizers are: {', '.join(groups)}")
+    for name, params in groups.items():
+        optimizers[name] = build_optimizer(params, t["optimizers"].get(name, t["optimizer"]))
+        sched = build_scheduler(optimizers[name], t["scheduler"], t["epochs"])
+        if sched is not None:
+            schedulers[name] = sched
+    return optimizers, schedulers
+
+
+def build_optimizer(params, o: dict) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if o["name"] == "sgd":
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+    cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
+    return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+
+
+def build_scheduler(opt, s: dict, epochs: int):
+    """Stepped once per epoch; None for ``none``."""
+    if s["name"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=s["min_lr"])
+    if s["name"] == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=s["step_size"], gamma=s["gamma"])
+    if s["name"] == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=s["gamma"])
+    return None

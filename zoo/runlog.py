@@ -1,0 +1,119 @@
+"""Everything a run writes besides checkpoints: the run dir, config.yaml, TensorBoard events, metrics.json,
+sample images and the hyper-parameter summary. Under torchrun only rank 0 writes; other ranks hold a RunLog
+that keeps the same bookkeeping and writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from . import visuals as vis
+from .config import dump
+
+
+class _NoWriter:
+    """What ranks other than 0 log to: nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    """runs/NAME, or runs/NAME-2, -3... if NAME already holds a run (never overwrite a run silently)."""
+    path, i = root / name, 1
+    while (path / "checkpoints").exists():
+        i += 1
+        path = root / f"{name}-{i}"
+    return path
+
+
+class RunLog:
+    """The run dir's writer. ``history`` (logged training scalars) and ``epochs`` (one row per epoch) are kept
+    in memory and in metrics.json; a resumed run reloads them up to its checkpoint."""
+
+    def __init__(self, run_dir: Path, cfg: dict, enabled: bool = True):
+        self.run_dir, self.cfg, self.enabled = Path(run_dir), cfg, enabled
+        self.history: list[dict] = []
+        self.epochs: list[dict] = []
+        self.writer: Any = _NoWriter()
+
+    def reload(self, step: int, epoch: int) -> None:
+        """Keep what metrics.json recorded up to a resumed checkpoint (step, epoch), drop what came after."""
+        path = self.run_dir / "metrics.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            self.history = [h for h in old.get("history", []) if h["step"] <= step]
+            self.epochs = [e for e in old.get("epochs", []) if e["epoch"] < epoch]
+
+    def open(self, step: int) -> None:
+        """Create the run dir, write the resolved config, and start (or continue, from ``step``) the events."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump(self.cfg))
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=step if step else None)
+        if step == 0:
+            self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", 0)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def train_scalars(self, values: dict[str, float], step: int, epoch: int, rate: float) -> None:
+        """Averaged training terms every ``log_every`` steps, with the throughput (items/s)."""
+        self.scalars({f"train/{k}": v for k, v in values.items()}, step)
+        self.writer.add_scalar("train/items_per_s", rate, step)
+        self.history.append({"step": step, "epoch": epoch, **values})
+
+    def epoch_row(self, row: dict[str, Any]) -> None:
+        self.scalars({k: v for k, v in row.items() if k not in ("epoch", "step")}, row["step"])
+        self.epochs.append(row)
+
+    def visuals(self, items: dict[str, Any], epoch: int) -> None:
+        """A model's per-epoch visuals: TensorBoard at the epoch, files samples/NAME_epochEEE.png/.txt."""
+        if self.enabled:
+            vis.write(items, self.writer, epoch, self.run_dir / "samples", f"_epoch{epoch:03d}")
+
+    def artifacts(self, items: dict[str, Any], step: int) -> None:
+        """End-of-training outputs: figures and text into the run dir (models write their own image files)."""
+        if self.enabled:
+            vis.write(items, self.writer, step, self.run_dir, image_files=False)
+
+    def metrics(self, status: str, epoch: int, step: int, best: float) -> dict:
+        """metrics.json (written atomically): status, position, best value, per-epoch rows and history."""
+        out = {"name": self.cfg["name"], "model": self.cfg["model"]["name"], "status": status,
+               "epoch": epoch, "step": step, "best": best if math.isfinite(best) else None,
+               "epochs": self.epochs, "history": self.history}
+        if self.enabled:
+            tmp = self.run_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(out, indent=1))
+            os.replace(tmp, self.run_dir / "metrics.json")
+        return out
+
+    def hparams(self, step: int) -> None:
+        """The config's scalar hyper-parameters beside the last validation metrics (TensorBoard's HPARAMS tab)."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {"model": self.cfg["model"]["name"]}
+        for section in ("model", "train"):
+            for k, v in self.cfg[section].items():
+                if isinstance(v, (int, float, str, bool)) and k != "name":
+                    flat[f"{section}.{k}"] = v
+            for k, v in (self.cfg[section].get("optimizer") or {}).items():
+                if isinstance(v, (int, float, str)):
+                    flat[f"{section}.optimizer.{k}"] = v
+        last = self.epochs[-1] if self.epochs else {}
+        metrics = {f"hparam/{k}": v for k, v in last.items() if k.startswith("val/")}
+        for summary in hparams(flat, metrics):
+            self.writer.file_writer.add_summary(summary)
+        self.scalars(metrics, step)
+
+    def close(self) -> None:
+        self.writer.close()

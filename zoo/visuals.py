@@ -1,0 +1,64 @@
+"""What models show: image grids, matplotlib figures and text tables, written to TensorBoard and the run dir.
+
+A model's ``visuals(batch)`` / ``artifacts(data, run_dir)`` return ``name -> value`` where a value is an image
+tensor [N, C, H, W] in [0, 1] (shown as a grid), a matplotlib figure, or text (a str, Markdown; see ``table``).
+``write`` is the one place those values are turned into files and TensorBoard entries.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+
+def to_image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(0, 1)
+    return make_grid(images, nrow=nrow or max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
+
+
+def save_png(tensor_or_figure, path: Path) -> None:
+    """An image tensor as a grid PNG, or a matplotlib figure, at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(tensor_or_figure, torch.Tensor):
+        from torchvision.utils import save_image
+
+        save_image(to_image_grid(tensor_or_figure), str(path))
+    else:
+        tensor_or_figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (TensorBoard's text tab renders it; the .txt file stays readable)."""
+    def cell(v):
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write(items: dict[str, Any], writer, step: int, directory: Path | None, suffix: str = "",
+          image_files: bool = True) -> None:
+    """Log each visual to TensorBoard under its name and, when ``directory`` is given, to NAME{suffix}.png/.txt
+    there (image tensors only if ``image_files``)."""
+    for name, v in items.items():
+        if isinstance(v, str):
+            writer.add_text(name, v, step)
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / f"{name}{suffix}.txt").write_text(v + "\n", encoding="utf-8")
+        elif isinstance(v, torch.Tensor):
+            writer.add_image(name, to_image_grid(v), step)
+            if directory is not None and image_files:
+                save_png(v, directory / f"{name}{suffix}.png")
+        elif hasattr(v, "savefig"):
+            if directory is not None:
+                save_png(v, directory / f"{name}{suffix}.png")
+            writer.add_figure(name, v, step)
+        else:
+            raise TypeError(f"visual '{name}' is a {type(v).__name__}: give an image tensor, a figure or a str")
