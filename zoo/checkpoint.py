@@ -1,14 +1,18 @@
-"""Self-describing checkpoints: written atomically, loaded with ``weights_only=True``.
+"""Self-describing checkpoints: written atomically, verified on load, loaded with ``weights_only=True``.
 
 A checkpoint holds everything needed to sample or resume without the training YAML: the registry name and
-resolved config, model/optimizer/scheduler/scaler states, epoch and step, every RNG state, versions.
+resolved config, model/optimizer/scheduler/scaler states, epoch and step, every RNG state, versions, and a
+digest of its contents. A run keeps its last ``train.keep_last`` checkpoints as ``checkpoints/step-N.pt``;
+``last.pt`` is the newest (a hard link), and ``--resume`` falls back to an older one if ``last.pt`` is bad.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,14 +54,54 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def digest(payload: Any) -> str:
+    """sha256 over every tensor's bytes and every other leaf's repr, in the payload's own order."""
+    h = hashlib.sha256()
+
+    def walk(node):
+        if isinstance(node, torch.Tensor):
+            t = node.detach().contiguous().cpu()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                h.update(repr(k).encode())
+                walk(v)
+        elif isinstance(node, (list, tuple)):
+            h.update(b"[")
+            for v in node:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(node).encode())
+
+    walk(payload)
+    return h.hexdigest()
+
+
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint atomically, stamped with the format and the zoo and torch versions."""
-    atomic_save(path, {"format": FORMAT, "zoo_version": __version__, "torch_version": str(torch.__version__),
-                       **payload})
+    """Write a checkpoint atomically, stamped with the format, the zoo and torch versions and a digest."""
+    payload = {"format": FORMAT, "zoo_version": __version__, "torch_version": str(torch.__version__), **payload}
+    atomic_save(path, {**payload, "digest": digest(payload)})
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems cannot open directories: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_save(path: Path, payload: Any) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename: a crash never leaves a torn file."""
+    """torch.save to a temp file in the same directory, fsync it, rename it over ``path``, fsync the directory:
+    a crash at any moment leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -67,29 +111,99 @@ def atomic_save(path: Path, payload: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def save_rotating(directory: Path, payload: dict[str, Any], keep: int) -> Path:
+    """``directory/step-N.pt`` written atomically, ``last.pt`` pointed at it (hard link, else a copy), and all
+    but the newest ``keep`` step files removed. Returns the step file."""
+    directory = Path(directory)
+    step_file = directory / f"step-{payload['step']:08d}.pt"
+    save(step_file, payload)
+    tmp = directory / ".last.pt.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(step_file, tmp)
+    except OSError:  # no hard links here (some network or FAT filesystems): copy instead
+        shutil.copyfile(step_file, tmp)
+    os.replace(tmp, directory / "last.pt")
+    _fsync_dir(directory)
+    for old in sorted(directory.glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return step_file
+
+
 def load(path: Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU without running pickled code."""
+    """Load a checkpoint onto the CPU without running pickled code, and check it is whole."""
     path = Path(path)
+    if path.is_dir():
+        raise ZooError(f"'{path}' is a directory, not a checkpoint; pass a run dir (runs/NAME) or a .pt file")
     if not path.is_file():
         raise ZooError(f"checkpoint '{path}' does not exist; pass a run dir (runs/NAME) or a .pt file")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
+            KeyError, IndexError, UnicodeDecodeError) as e:  # weights_only refuses code; other errors: not ours
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "error:" in ln), lines[0] if lines else type(e).__name__)
+        why = next((ln for ln in lines if "error:" in ln.lower()), lines[0] if lines else type(e).__name__)
         raise ZooError(f"'{path}' is not a readable zoo checkpoint ({why[:160]}); re-train or pick another file")
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "config" not in ckpt:
         raise ZooError(f"'{path}' is a torch file but not a zoo checkpoint (no model_name/config)")
+    if ckpt.get("format", FORMAT) > FORMAT:
+        raise ZooError(f"'{path}' was written by zoo {ckpt.get('zoo_version')} in checkpoint format "
+                       f"{ckpt['format']}; this zoo {__version__} reads format {FORMAT}: upgrade zoo")
+    if "digest" in ckpt:
+        stored = ckpt.pop("digest")
+        if digest(ckpt) != stored:
+            raise ZooError(f"'{path}' is corrupt: its contents do not match the digest written with it")
     return ckpt
 
 
-def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path) -> None:
-    """A run resumes only under the model and data sections it was trained with."""
+def load_for_resume(run_dir: Path, log=print) -> tuple[dict[str, Any], Path]:
+    """last.pt of a run, or, if it is missing or bad, the newest good ``step-N.pt``, saying so."""
+    directory = Path(run_dir) / "checkpoints"
+    last = directory / "last.pt"
+    try:
+        return load(last), last
+    except ZooError as e:
+        problem = str(e)
+    for candidate in sorted(directory.glob("step-*.pt"), reverse=True):
+        try:
+            ck = load(candidate)
+        except ZooError:
+            continue
+        log(f"warning: {problem}; resuming from {candidate.name} (step {ck['step']}) instead")
+        return ck, candidate
+    raise ZooError(f"{problem}, and no older good checkpoint is in {directory}; start a new run")
+
+
+#: ``train`` keys that only change how long or how often (or where) a run goes: a resume may change them.
+#: Any other ``train`` key changes the numbers (seed, batch size, optimizer, schedule, precision...).
+RESUMABLE_TRAIN_KEYS = ("epochs", "max_steps", "log_every", "ckpt_every", "keep_last", "eval_batch_size",
+                        "best_metric", "device", "on_nonfinite")
+
+
+def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool, log=print):
+    """(checkpoint to resume or None, changed train keys as {key: (old, new)}). A fresh run refuses a dir that
+    already holds one; a resume loads the newest good checkpoint and checks the config against it."""
+    if not resume:
+        if (Path(run_dir) / "checkpoints" / "last.pt").exists():
+            raise ZooError(f"'{run_dir}' already holds a run; use --resume {run_dir} to continue it or pick "
+                           f"another --run-dir")
+        return None, {}
+    ck, _ = load_for_resume(run_dir, log)
+    changed = check_resumable(ck, cfg, run_dir, allow_changes)
+    return ck, {k: (ck["config"]["train"][k], cfg["train"][k]) for k in changed}
+
+
+def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path, allow_changes: bool = False) -> list[str]:
+    """A run resumes only under the model and data it was trained with, and under the same ``train`` keys
+    that decide its numbers unless ``allow_changes``. Returns the changed ``train`` keys (to be recorded)."""
     from .data.base import COMMON_OPTIONS
 
     old = {**ck["config"], "data": {**COMMON_OPTIONS, **ck["config"]["data"]}}  # runs from before those options
@@ -99,6 +213,26 @@ def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path) -> None:
                           if old[section].get(k) != cfg[section].get(k))[0]
             raise ZooError(f"cannot resume '{run_dir}': its {section}.{diff} differs from this config "
                            f"({old[section].get(diff)!r} vs {cfg[section].get(diff)!r}); use the run's config.yaml")
+    changed = sorted(k for k in set(old["train"]) | set(cfg["train"])
+                     if k in old["train"] and old["train"].get(k) != cfg["train"].get(k))
+    numeric = [k for k in changed if k not in RESUMABLE_TRAIN_KEYS]
+    if numeric and not allow_changes:
+        was, now = _flat(old["train"][numeric[0]], numeric[0]), _flat(cfg["train"][numeric[0]], numeric[0])
+        key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+        raise ZooError(f"cannot resume '{run_dir}': train.{key} differs from the run's ({was.get(key)!r} vs "
+                       f"{now.get(key)!r}) and would change its numbers; use the run's config.yaml, or pass "
+                       f"--allow-changes to continue anyway (the change is recorded in the run dir)")
+    return changed
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """{"optimizer.lr": 0.1, ...} for nested config sections, {prefix: value} for a plain value."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(_flat(v, f"{prefix}.{k}"))
+    return out
 
 
 def check_data_info(ck: dict[str, Any], info: dict[str, Any], run_dir: Path) -> None:
@@ -115,7 +249,7 @@ def check_data_info(ck: dict[str, Any], info: dict[str, Any], run_dir: Path) -> 
 def find_checkpoint(run: str | Path, which: str = "last") -> Path:
     """A run dir, a run name under runs/, or a .pt file -> the checkpoint path."""
     p = Path(run)
-    if p.suffix == ".pt" or p.is_file():
+    if p.suffix in (".pt", ".safetensors") or p.is_file():
         return p
     for d in (p, Path("runs") / p):
         if (d / "checkpoints").is_dir():
@@ -128,11 +262,12 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
 
 def load_run(run: str | Path, device: str | torch.device | None = None, which: str = "last"):
     """Rebuild a trained model from its checkpoint alone: returns (model, config, checkpoint dict)."""
-    from .registry import create_model
+    from .registry import create_model, model_info
 
     path = find_checkpoint(run, which)
     ckpt = load(path)
     cfg = ckpt["config"]
+    model_info(ckpt["model_name"])  # a model this zoo does not have: one line, before anything is built
     margs = {k: v for k, v in cfg["model"].items() if k != "name"}
     model = create_model(ckpt["model_name"], ckpt.get("data_info"), **margs)
     try:
@@ -142,3 +277,38 @@ def load_run(run: str | Path, device: str | torch.device | None = None, which: s
                        f"({str(e).splitlines()[0][:120]})") from None
     model.to(device or "cpu").eval()
     return model, cfg, ckpt
+
+
+# ---- sharing: safetensors ------------------------------------------------------------------------------------
+def export_safetensors(ckpt: dict[str, Any], path: Path) -> None:
+    """The model weights of a checkpoint as safetensors, with the registry name, config and data info as
+    metadata: a file anyone can load without pickle, and that ``zoo sample``/``zoo eval`` accept."""
+    from safetensors.torch import save_file
+
+    meta = {"zoo_format": str(FORMAT), "zoo_version": __version__, "model_name": ckpt["model_name"],
+            "config": json.dumps(ckpt["config"]), "data_info": json.dumps(ckpt.get("data_info") or {}),
+            "epoch": str(ckpt.get("epoch", 0)), "step": str(ckpt.get("step", 0))}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_safetensors(path: Path) -> dict[str, Any]:
+    """A safetensors file written by ``export_safetensors``, as a checkpoint dict (weights, name, config)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # the library raises its own error types for bad headers and truncation
+        raise ZooError(f"'{path}' is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    if "model_name" not in meta or "config" not in meta:
+        raise ZooError(f"'{path}' is a safetensors file but not one exported by zoo (no model_name/config metadata)")
+    return {"model_name": meta["model_name"], "config": json.loads(meta["config"]),
+            "data_info": json.loads(meta.get("data_info", "{}")), "model": weights,
+            "epoch": int(meta.get("epoch", 0)), "step": int(meta.get("step", 0)),
+            "zoo_version": meta.get("zoo_version")}

@@ -63,6 +63,9 @@ def train(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="output dir (default runs/<name>, numbered if taken)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this dir from its last.pt"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
+    allow_changes: bool = typer.Option(False, "--allow-changes",
+                                       help="resume even though train keys that change the numbers differ "
+                                            "(recorded in the run dir's changes.yaml)"),
 ):
     """Train a model from a YAML config (on CUDA when present, else CPU)."""
     from .config import load_config
@@ -72,9 +75,9 @@ def train(
     if resume is not None and run_dir is not None and Path(resume) != Path(run_dir):
         raise ZooError("give either --resume RUN_DIR or --run-dir DIR, not two different dirs")
     target = resume or run_dir
-    if resume is not None and not (Path(resume) / "checkpoints" / "last.pt").is_file():
-        raise ZooError(f"--resume {resume}: no checkpoints/last.pt there; pass the dir of a run started by zoo train")
-    trainer = fit(cfg, target, quiet=quiet, resume=resume is not None)
+    if resume is not None and not (Path(resume) / "checkpoints").is_dir():
+        raise ZooError(f"--resume {resume}: no checkpoints/ there; pass the dir of a run started by zoo train")
+    trainer = fit(cfg, target, quiet=quiet, resume=resume is not None, allow_changes=allow_changes)
     m = trainer.metrics
     last = m["epochs"][-1] if m["epochs"] else {}
     shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val/"))
@@ -260,6 +263,27 @@ def _progress(done: int, total: int) -> None:
         _err(f"  {done}/{total} distinct words")
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
+    out: Path = typer.Option(..., "-o", "--out", help="file to write, e.g. vae.safetensors"),
+    fmt: str = typer.Option("safetensors", "--format", help="safetensors (weights + config as metadata)"),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
+):
+    """Write a run's weights for sharing: no pickle, loadable anywhere; zoo sample/eval accept the file."""
+    from .checkpoint import export_safetensors, find_checkpoint, load
+
+    if fmt != "safetensors":
+        raise ZooError(f"--format {fmt!r}: the only export format is safetensors")
+    if out.suffix != ".safetensors":
+        raise ZooError(f"-o {out}: name the file *.safetensors")
+    if checkpoint not in ("last", "best"):
+        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    ck = load(find_checkpoint(run, checkpoint))
+    export_safetensors(ck, out)
+    print(f"wrote {out}: {len(ck['model'])} tensors of model '{ck['model_name']}' with its config")
+
+
 @app.command("list")
 def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. '*_ae'")):
     """List registered models (name, family, config, what it can do)."""
@@ -302,11 +326,21 @@ def compress(
           f"mse = {r['mse']:.6f} (pixels in [0, 1]), psnr = {r['psnr_db']:.2f} dB, {r['seconds']:.2f} s")
 
 
+def _interrupted(command: str) -> None:
+    """Ctrl-C outside the training loop (which saves and prints its own resume command)."""
+    _err(f"interrupted: zoo {command} stopped before it finished" + (
+        "; resume with zoo train CONFIG --resume RUN_DIR" if command == "train" else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit 2 on bad input; usage errors are folded to one line too."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="zoo")
+        rc = app(args=args, standalone_mode=False, prog_name="zoo")
         if isinstance(rc, int):  # typer.Exit(code) raised in a command comes back as its code here
+            if rc == 130 and command != "train":  # typer's answer to Ctrl-C; training prints its own
+                _interrupted(command)
             return rc
     except ZooError as e:
         _err(f"error: {e}")
@@ -320,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"error: {e.format_message().splitlines()[0]} (see zoo --help)")
         return 2
     except KeyboardInterrupt:
-        _err("interrupted; resume with zoo train CONFIG --resume RUN_DIR")
+        _interrupted(command)
         return 130
     return 0
 

@@ -18,6 +18,11 @@ from .errors import ZooError
 METHODS = ("net", "lloyd")
 
 
+#: Largest image zoo compress reads (16.7 megapixels): past it, PIL's decompression-bomb guard or the pixel
+#: table itself would exhaust memory, so the image is refused with one line instead.
+MAX_PIXELS = 4096 * 4096
+
+
 def load_rgb(path: str | Path) -> torch.Tensor:
     """[H, W, 3] uint8 tensor of an image file (any mode PIL reads, converted to RGB)."""
     from PIL import Image, UnidentifiedImageError
@@ -27,9 +32,15 @@ def load_rgb(path: str | Path) -> torch.Tensor:
         raise ZooError(f"image '{path}' does not exist")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ZooError(f"'{path}' is {im.width} x {im.height} pixels, over zoo compress's limit of "
+                               f"{MAX_PIXELS:,}; downscale it first")
             return torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8).reshape(
                 im.height, im.width, 3)
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError:
+        raise ZooError(f"'{path}' declares more pixels than PIL will decode (a decompression bomb?); "
+                       f"zoo compress reads images of at most {MAX_PIXELS:,} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL raises these for broken files
         raise ZooError(f"'{path}' is not an image PIL can read ({type(e).__name__}); give a PNG or JPEG") from None
 
 

@@ -35,6 +35,8 @@ TRAIN = {
     "eval_batch_size": 1000,
     "grad_clip": None,
     "best_metric": "val/loss",  # lower is better; best.pt tracks it
+    "keep_last": 2,  # step-N.pt checkpoints kept; --resume falls back to an older one if last.pt is bad
+    "on_nonfinite": "stop",  # a NaN/inf loss term: stop (keeping the last good checkpoint) or skip the batch
 }
 TOP = {"name": None, "model": None, "data": {"name": "mnist"}, "train": TRAIN}
 
@@ -43,8 +45,9 @@ CHOICES = {
     "train.scheduler.name": ("none", "cosine", "step", "exponential"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.on_nonfinite": ("stop", "skip"),
 }
-POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps")
+POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps", "train.keep_last")
 NON_NEGATIVE = ("train.log_every", "train.ckpt_every", "train.optimizer.lr", "train.optimizer.weight_decay",
                 "train.optimizer.momentum", "train.seed")
 
@@ -154,12 +157,29 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     return cfg
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a bigger file is a wrong path, not a config
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ZooError(f"config '{path}' is a directory; give a YAML file such as configs/vae.yaml")
     if not path.is_file():
         raise ZooError(f"config file '{path}' does not exist; see configs/ for the shipped configs")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ZooError(f"config file '{path}' cannot be read ({e.strerror or e})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file '{path}' is {len(raw) / 2**20:.1f} MB, not a config (at most 1 MB of YAML)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") \
+            from None
+    try:
+        cfg = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -28,6 +28,19 @@ def build_optimizers(model, t: dict) -> tuple[dict[str, torch.optim.Optimizer], 
     return optimizers, schedulers
 
 
+def apply_update(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler, dist, grad_clip: float | None) -> None:
+    """Backpropagate ``loss`` into ``opt``'s parameters, average the gradients over processes, clip, step."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    dist.average_grads(params)
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+
+
 def build_optimizer(params, o: dict) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if o["name"] == "sgd":

@@ -10,8 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import visuals as vis
 from .config import dump
+from .errors import ZooError
 
 
 class _NoWriter:
@@ -48,17 +51,43 @@ class RunLog:
             self.history = [h for h in old.get("history", []) if h["step"] <= step]
             self.epochs = [e for e in old.get("epochs", []) if e["epoch"] < epoch]
 
-    def open(self, step: int) -> None:
-        """Create the run dir, write the resolved config, and start (or continue, from ``step``) the events."""
+    def open(self, step: int, changes: dict[str, tuple] | None = None) -> None:
+        """Create the run dir, write the resolved config, and start (or continue after ``step``) the events.
+
+        A resumed run whose ``train`` keys changed keeps the first config as config.original.yaml and appends
+        the change to changes.yaml; config.yaml is the config in force. Events after the checkpoint's step,
+        written before a crash, are purged, so the curves have neither gaps nor repeats.
+        """
         if not self.enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump(self.cfg))
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=step if step else None)
+        config = self.run_dir / "config.yaml"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if step == 0:  # leftovers of a start that died before its first checkpoint belong to no run
+                for stale in [*self.run_dir.glob("events.out.tfevents.*"), self.run_dir / "metrics.json"]:
+                    stale.unlink(missing_ok=True)
+            if changes:
+                original = self.run_dir / "config.original.yaml"
+                if config.exists() and not original.exists():
+                    os.replace(config, original)
+                entry = [{"step": step, "changes": {f"train.{k}": list(v) for k, v in changes.items()}}]
+                with open(self.run_dir / "changes.yaml", "a", encoding="utf-8") as f:
+                    f.write(yaml.safe_dump(entry, sort_keys=False))
+            tmp = self.run_dir / ".config.yaml.tmp"
+            tmp.write_text(dump(self.cfg))
+            os.replace(tmp, config)
+        except OSError as e:
+            raise ZooError(f"cannot write the run dir '{self.run_dir}' ({e.strerror or e}); pick another "
+                           f"--run-dir or free the disk") from None
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=step + 1 if step else None)
         if step == 0:
             self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", 0)
+
+    def flush(self) -> None:
+        """Events on disk up to now: called before every checkpoint, so a crash loses no logged step."""
+        self.writer.flush()
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
@@ -84,10 +113,10 @@ class RunLog:
         if self.enabled:
             vis.write(items, self.writer, step, self.run_dir, image_files=False)
 
-    def metrics(self, status: str, epoch: int, step: int, best: float) -> dict:
+    def metrics(self, status: str, epoch: int, step: int, best: float, **extra) -> dict:
         """metrics.json (written atomically): status, position, best value, per-epoch rows and history."""
         out = {"name": self.cfg["name"], "model": self.cfg["model"]["name"], "status": status,
-               "epoch": epoch, "step": step, "best": best if math.isfinite(best) else None,
+               "epoch": epoch, "step": step, "best": best if math.isfinite(best) else None, **extra,
                "epochs": self.epochs, "history": self.history}
         if self.enabled:
             tmp = self.run_dir / "metrics.json.tmp"

@@ -1,12 +1,10 @@
 """The one training loop. It knows no model or dataset by name: models speak through the ZooModel contract
-(zoo/models/base.py), data through the DataModule contract (zoo/data/base.py), and the run dir is RunLog's.
+(zoo/models/base.py), data through the DataModule contract (zoo/data/base.py); the run dir is RunLog's.
 
-Build order, so that a bad config costs nothing: config (already validated), the data module's declared info
-(no tensors), the model, then the data tensors. State is explicit (epoch, step, batch within the epoch, every
-RNG, the data generator): a run stopped after any step and resumed from its checkpoint continues with the same
-numbers as an uninterrupted run. Data order is a function of (seed, epoch), so a mid-epoch resume only skips the
-batches already seen. Under torchrun each process trains on its shard of that order and gradients are averaged
-(zoo/distributed.py).
+Build order, so a bad config costs nothing: config, the data's declared info (no tensors), model, tensors.
+State is explicit (epoch, step, batch in epoch, every RNG, the data generator), and data order is a function
+of (seed, epoch): a run resumed from any step continues with the numbers of an uninterrupted one. Under
+torchrun each process trains on its shard of that order and gradients are averaged (zoo/distributed.py).
 """
 from __future__ import annotations
 
@@ -23,17 +21,23 @@ from . import checkpoint as ckpt_io
 from .data.base import build_data, num_items
 from .distributed import Dist
 from .errors import ConfigError, ZooError, suggest
-from .optim import build_optimizers
+from .optim import apply_update, build_optimizers
 from .registry import create_model
 from .runlog import RunLog, new_run_dir
 from .runtime import StopRequests, pick_device, seed_everything
+
+
+def _check_metric(key: str, names: list[str]) -> None:
+    if key != "none" and key not in names:
+        raise ConfigError(f"train.best_metric '{key}' is not a metric this model logs{suggest(key, names)}; "
+                          f"choose one of: {', '.join(names)}, or none")
 
 
 class Trainer:
     """Builds data, model, optimizers from a resolved config and runs (or resumes) training in ``run_dir``."""
 
     def __init__(self, cfg: dict, run_dir: str | Path | None = None, *, quiet: bool = False, resume: bool = False,
-                 log=print):
+                 allow_changes: bool = False, log=print):
         t = cfg["train"]
         self.dist = Dist.from_env(t["device"])
         if not self.dist.is_main:  # one progress bar and one set of messages, from rank 0
@@ -44,13 +48,7 @@ class Trainer:
             raise ConfigError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
         chosen = (str(run_dir) if run_dir else str(new_run_dir(cfg["name"]))) if self.dist.is_main else None
         self.run_dir = Path(self.dist.broadcast_object(chosen))  # numbered once, by rank 0
-        resume_ckpt = None
-        if resume:
-            resume_ckpt = ckpt_io.load(ckpt_io.find_checkpoint(self.run_dir, "last"))
-            ckpt_io.check_resumable(resume_ckpt, cfg, self.run_dir)
-        elif (self.run_dir / "checkpoints" / "last.pt").exists():
-            raise ZooError(f"'{self.run_dir}' already holds a run; use --resume {self.run_dir} to continue it "
-                           f"or pick another --run-dir")
+        resume_ckpt, self.changes = ckpt_io.start_or_resume(self.run_dir, cfg, resume, allow_changes, self.log)
 
         seed_everything(t["seed"])
         self.data = build_data(**cfg["data"])  # arguments checked, info declared, nothing loaded yet
@@ -69,7 +67,7 @@ class Trainer:
         self.optimizers, self.schedulers = build_optimizers(self.model, t)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
-        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped = 0, 0, 0, None, 0
         self.best = math.inf
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
@@ -101,9 +99,7 @@ class Trainer:
         names = [f"val/{k}" for k in self.model.validation_step(batch)]
         self.model.train()
         ckpt_io.set_rng_state(rng)
-        if key not in names:
-            raise ConfigError(f"train.best_metric '{key}' is not a metric this model logs{suggest(key, names)}; "
-                              f"choose one of: {', '.join(names)}, or none")
+        _check_metric(key, names)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def state(self, all_ranks: bool = True) -> dict[str, Any]:
@@ -116,6 +112,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+            "nonfinite_skips": self.skipped,
             "rng": ckpt_io.rng_state(), "noise_rng": self.noise.get_state(),
         }
         if self.dist.enabled and all_ranks:
@@ -130,7 +127,7 @@ class Trainer:
             s.load_state_dict(ck["schedulers"][k])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
-        self.best = ck["best"]
+        self.best, self.skipped, self.saved_step = ck["best"], ck.get("nonfinite_skips", 0), ck["step"]
         ranks = ck.get("rank_rng") or [{"rng": ck["rng"], "noise_rng": ck["noise_rng"]}]
         if len(ranks) == self.dist.world:
             ckpt_io.set_rng_state(ranks[self.dist.rank]["rng"])
@@ -143,10 +140,34 @@ class Trainer:
         self.log(f"resuming {self.run_dir} at epoch {self.epoch}, step {self.step}")
 
     def save(self, which: str = "last") -> None:
-        """Rank 0 writes. ``last`` is collective (all ranks call it at the same step); ``best`` is not."""
+        """Rank 0 writes. ``last`` is collective (all ranks call it at the same step); ``best`` is not. Before
+        ``last``, metrics.json and the events are written up to this step: a crash loses no logged step."""
         state = self.state(all_ranks=which == "last")
-        if self.dist.is_main:
-            ckpt_io.save(self.run_dir / "checkpoints" / f"{which}.pt", state)
+        if not self.dist.is_main:
+            return
+        directory = self.run_dir / "checkpoints"
+        try:
+            if which == "last":
+                self.runlog.metrics("running", self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
+                self.runlog.flush()
+                ckpt_io.save_rotating(directory, state, self.cfg["train"]["keep_last"])
+                self.saved_step = self.step
+            else:
+                ckpt_io.save(directory / f"{which}.pt", state)
+        except OSError as e:
+            raise ZooError(f"could not write {which}.pt in {directory} ({e.strerror or e}); the last good "
+                           f"checkpoint (step {self.saved_step}) is kept; free the disk and resume") from None
+
+    def _nonfinite(self, terms: dict[str, torch.Tensor], optimizer: str) -> None:
+        """A NaN/inf loss: stop before it reaches the weights, or (``on_nonfinite: skip``) skip this update."""
+        bad = next((k for k, v in terms.items() if k != "loss" and not torch.isfinite(v).all()), "loss")
+        if self.cfg["train"]["on_nonfinite"] == "skip":
+            self.skipped += 1
+            return
+        where = f"last.pt at step {self.saved_step}" if self.saved_step is not None else "no checkpoint yet"
+        raise ZooError(f"step {self.step + 1}: loss term '{bad}' is {float(terms[bad].float().sum())} (optimizer "
+                       f"'{optimizer}'); training stopped, keeping {where} in {self.run_dir}; lower the learning "
+                       f"rate, or set train.on_nonfinite=skip to skip such batches")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def _autocast(self):
@@ -169,15 +190,11 @@ class Trainer:
             else:
                 with self._autocast():
                     terms = model.training_step(batch, optimizer=name)
-                opt = self.optimizers[name]
-                opt.zero_grad(set_to_none=True)
-                self.scaler.scale(terms["loss"]).backward()
-                self.dist.average_grads(p for g in opt.param_groups for p in g["params"])
-                if t["grad_clip"]:
-                    self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], t["grad_clip"])
-                self.scaler.step(opt)
-                self.scaler.update()
+                # one host sync per update: a non-finite loss must never reach the weights or the optimizer state
+                if self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
+                    self._nonfinite(terms, name)
+                    continue
+                apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
             for k, v in terms.items():
                 logged[prefix + k] = v.detach().float()
         return logged
@@ -211,7 +228,7 @@ class Trainer:
 
     def fit(self) -> dict:
         fresh = self.step == 0
-        self.runlog.open(self.step)
+        self.runlog.open(self.step, self.changes)
         self.model.train()
         stop = StopRequests()
         try:
@@ -222,8 +239,12 @@ class Trainer:
             if fresh and self.dist.is_main and self.epoch == 0:  # a config error found in the first epoch
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+        except ZooError:
+            self.runlog.metrics("failed", self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
+            self.runlog.close()
+            raise
         self.save()
-        out = self.runlog.metrics(status, self.epoch, self.step, self.best)
+        out = self.runlog.metrics(status, self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
         if status == "finished" and self.dist.is_main:
             self.finish()
         elif status == "interrupted":
@@ -294,10 +315,7 @@ class Trainer:
         row = {"epoch": self.epoch, "step": self.step, **{f"train/{k}": v for k, v in extra.items()},
                **self.validate()}
         key = self.cfg["train"]["best_metric"]
-        if key != "none" and key not in row:
-            names = [k for k in row if k not in ("epoch", "step")]
-            raise ConfigError(f"train.best_metric '{key}' is not a metric this model logs{suggest(key, names)}; "
-                              f"choose one of: {', '.join(names)}, or none")
+        _check_metric(key, [k for k in row if k not in ("epoch", "step")])
         self.runlog.epoch_row(row)
         for s in self.schedulers.values():
             s.step()
@@ -310,7 +328,6 @@ class Trainer:
             self.best = row[key]
             self.save("best")
         self.save()
-        self.runlog.metrics("running", self.epoch, self.step, self.best)
         if not self.quiet:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith("val/"))
             self.log(f"epoch {self.epoch}/{self.cfg['train']['epochs']}: {shown}")
@@ -323,8 +340,10 @@ class Trainer:
         self.runlog.hparams(self.step)
 
 
-def fit(cfg: dict, run_dir: str | Path | None = None, *, quiet: bool = True, resume: bool = False) -> Trainer:
+def fit(cfg: dict, run_dir: str | Path | None = None, *, quiet: bool = True, resume: bool = False,
+        allow_changes: bool = False) -> Trainer:
     """Train (or resume) from a resolved config; returns the trainer with its model, data and metrics."""
-    trainer = Trainer(cfg, run_dir, quiet=quiet, resume=resume, log=(lambda s: None) if quiet else print)
+    trainer = Trainer(cfg, run_dir, quiet=quiet, resume=resume, allow_changes=allow_changes,
+                      log=(lambda s: None) if quiet else print)
     trainer.metrics = trainer.fit()
     return trainer

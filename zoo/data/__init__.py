@@ -5,6 +5,9 @@
 from .base import (Batch, DataModule, build_data, create_data, data_class, data_names, data_parameters,  # noqa: F401
                    num_items, register_data)
 from . import gaussian  # noqa: F401
+from . import homework  # noqa: F401
 from . import mnist  # noqa: F401
+from . import regression  # noqa: F401
+from . import spectrum  # noqa: F401
 from . import triangle  # noqa: F401
 from .mnist import MNIST, MNIST_FILES, default_root, ensure_mnist  # noqa: F401

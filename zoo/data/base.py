@@ -113,7 +113,7 @@ class Batch(tuple):
     """The tensors of one batch (unpack it like a tuple) and ``num_items``, the count it stands for.
 
     ``num_items`` is what validation averages and throughput are weighted by: images or graphs by default,
-    target tokens for a seq2seq batch. It may be an int or a 0-d tensor (no host sync to compute it).
+    target tokens for a batch of sequence pairs. It may be an int or a 0-d tensor (no host sync to compute it).
     """
 
     num_items: int | torch.Tensor

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import struct
@@ -100,19 +101,37 @@ def ensure_mnist(root: str | Path, log: Callable[[str], None] = lambda s: None) 
                 fetch(root)
                 if _have_mnist(root):
                     break
-            except Exception as e:  # any failure means: try the next source
-                errors.append(f"{name}: {type(e).__name__}")
+            except Exception as e:  # any failure means: try the next source, keeping why this one failed
+                errors.append(f"{name}: {_last_line(e)}")
     if not _have_mnist(root):
         raise ZooError(f"MNIST is not under {_raw_dir(root)} and could not be fetched ({'; '.join(errors)}); "
                        f"put the four uncompressed IDX files ({', '.join(MNIST_FILES)}) there, or set data.root/ZOO_DATA")
     raw = _raw_dir(root)
-    stamp = raw / ".md5-ok"
-    if not stamp.exists():
+    # the stamp records each file's size and mtime when its md5 was checked: a file changed since is checked again
+    stamp = raw / ".md5-ok.json"
+    seen = {f: [(raw / f).stat().st_size, (raw / f).stat().st_mtime_ns] for f in MNIST_FILES}
+    try:
+        trusted = json.loads(stamp.read_text()) == seen
+    except (OSError, ValueError):
+        trusted = False
+    if not trusted:
         for f, md5 in MNIST_FILES.items():
             if _md5(raw / f) != md5:
                 raise ZooError(f"{raw / f} has the wrong md5 (corrupt or not MNIST); delete it and run again")
-        stamp.write_text("ok\n")
+        try:
+            stamp.write_text(json.dumps(seen))
+        except OSError:  # a read-only data dir: check again next time
+            pass
     return raw
+
+
+def _last_line(e: BaseException) -> str:
+    """The last non-empty line of an error (pip's and torchvision's last line says what went wrong)."""
+    text = str(e)
+    if isinstance(e, subprocess.CalledProcessError):
+        text = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
 
 
 def _read_idx(path: Path) -> torch.Tensor:

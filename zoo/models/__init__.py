@@ -5,3 +5,4 @@ from . import gan  # noqa: F401
 from . import kmeans  # noqa: F401
 from . import competitive  # noqa: F401
 from . import mixture  # noqa: F401
+from . import linear  # noqa: F401

