@@ -38,3 +38,13 @@ def small_vae_config(root, **train):
         "train": {"epochs": 2, "batch_size": 64, "log_every": 1, "seed": 3, "device": "cpu",
                   "optimizer": {"name": "adam", "lr": 3e-3}, **train},
     }
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run many small ops: one thread is fastest, and on a busy 2-core machine two threads spin
+    (10x slower). Module-scoped: a test file opts in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

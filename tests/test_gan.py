@@ -28,15 +28,6 @@ class Ctx:
         self.messages.append(msg)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny MLPs: a second thread only adds synchronisation (10x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fit_1d(tmp_path, *overrides):
     cfg = load_config("configs/gan1d.yaml", ["train.device=cpu", *overrides])
     return fit(cfg, tmp_path / "run")

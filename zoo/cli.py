@@ -238,14 +238,17 @@ def translit(
             pass
     lines = iter([text]) if text is not None else (ln.rstrip("\r\n") for ln in sys.stdin)
     done, block = 0, 2000  # bounded memory for any input length: blocks of lines, streamed out
+    cache: dict = {}  # words already converted, across blocks (bounded below)
     while True:
         chunk = list(itertools.islice(lines, block))
         if not chunk:
             break
         words = sum(len(ln.split()) for ln in chunk)
         progress = _progress if words > 20000 else None
+        if len(cache) > 500_000:
+            cache.clear()
         for row in model.translate(chunk, beam=beam, nbest=nbest, temperature=temperature, seed=seed,
-                                   batch_size=batch_size, progress=progress):
+                                   batch_size=batch_size, progress=progress, cache=cache):
             if nbest == 1:
                 print(" ".join(cands[0][0] for _, cands in row))
             else:
@@ -253,7 +256,7 @@ def translit(
                     print(token + "\t" + "\t".join(f"{c} ({s:.3f})" for c, s in cands))
         sys.stdout.flush()
         done += len(chunk)
-        if done > block or len(chunk) == block:
+        if done % (10 * block) == 0:
             _err(f"{done} lines done")
 
 

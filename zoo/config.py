@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.on_nonfinite": ("stop", "skip"),
 }
+NULLABLE = {"train.max_steps": 0, "train.grad_clip": 0.0}  # null, or a value of this type
 POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps", "train.keep_last")
 NON_NEGATIVE = ("train.log_every", "train.ckpt_every", "train.optimizer.lr", "train.optimizer.weight_decay",
                 "train.optimizer.momentum", "train.seed")
@@ -101,6 +104,10 @@ def _check_ctor(values: dict, builder, prefix: str) -> None:
         p = params.get(key)
         if p is not None and p.default is not inspect.Parameter.empty and not _type_ok(value, p.default):
             raise ConfigError(f"'{prefix}.{key}' must be {_type_name(p.default)}, got {value!r}")
+        optional = [a for a in typing.get_args(hints.get(key)) if a is not type(None)]
+        if value is not None and len(optional) == 1 and optional[0] in (int, float, str, bool) \
+                and not _type_ok(value, optional[0]()):  # `limit: int | None = None`: null or an int
+            raise ConfigError(f"'{prefix}.{key}' must be {_type_name(optional[0]())} or null, got {value!r}")
         choices = typing.get_args(hints[key]) if typing.get_origin(hints.get(key)) is typing.Literal else ()
         if choices and value not in choices:
             raise ConfigError(f"'{prefix}.{key}' is {value!r}{suggest(value, choices)}; choose one of: "
@@ -114,7 +121,13 @@ def _validate_values(cfg: dict) -> None:
             node = node[part]
         return node
 
-    for path, choices in CHOICES.items():
+    for path, example in NULLABLE.items():
+        if get(path) is not None and not _type_ok(get(path), example):
+            raise ConfigError(f"'{path}' must be {_type_name(example)} or null, got {get(path)!r}")
+    groups = [f"train.optimizers.{g}" for g in cfg["train"]["optimizers"]]  # each group: an optimizer section
+    optimizer_paths = {p.replace("train.optimizer.", f"{g}."): p for g in groups
+                       for p in (*CHOICES, *NON_NEGATIVE) if p.startswith("train.optimizer.")}
+    for path, choices in {**CHOICES, **{k: CHOICES[v] for k, v in optimizer_paths.items() if v in CHOICES}}.items():
         if get(path) not in choices:
             raise ConfigError(f"'{path}' is {get(path)!r}{suggest(get(path), choices)}; choose one of: "
                               f"{', '.join(choices)}")
@@ -122,12 +135,13 @@ def _validate_values(cfg: dict) -> None:
         v = get(path)
         if v is not None and v <= 0:
             raise ConfigError(f"'{path}' must be positive, got {v}")
-    for path in NON_NEGATIVE:
+    for path in (*NON_NEGATIVE, *(k for k, v in optimizer_paths.items() if v in NON_NEGATIVE)):
         if get(path) < 0:
             raise ConfigError(f"'{path}' must be >= 0, got {get(path)}")
-    betas = get("train.optimizer.betas")
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ConfigError(f"'train.optimizer.betas' must be two numbers in [0, 1), got {betas}")
+    for section in ("train.optimizer", *groups):
+        betas = get(f"{section}.betas")
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"'{section}.betas' must be two numbers in [0, 1), got {betas}")
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
@@ -203,15 +217,33 @@ def _floats(node):
     return node
 
 
+def _check_finite(node, path: str = "") -> None:
+    """NaN and infinity are never a setting: refuse them wherever they appear."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"'{path}' is {node}: give a finite number")
+
+
 def resolve(raw: dict, source: str | None = None) -> dict:
     """Validate a raw config mapping and fill every default: the config a run actually uses."""
     raw = _floats(raw)
+    _check_finite(raw)
     for key in raw:
         if key not in TOP:
             raise ConfigError(f"unknown top-level key '{key}'{suggest(key, TOP)}; valid keys: {', '.join(TOP)}")
     model = raw.get("model")
+    if isinstance(model, dict) and "name" not in model:
+        close = [k for k in model if suggest(k, ["name"])]
+        if close:
+            raise ConfigError(f"unknown key 'model.{close[0]}' (did you mean 'name'?); 'model.name' is missing")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-        raise ConfigError("'model.name' is missing: set it to a registered model (see `zoo list`)")
+        raise ConfigError(f"'model.name' is missing or not a name (got {model!r:.60}): set it to a registered model "
+                          f"(see `zoo list`)")
     info = model_info(model["name"])
     margs = {k: v for k, v in model.items() if k != "name"}
     check_model_args(info.name, margs)
@@ -221,6 +253,8 @@ def resolve(raw: dict, source: str | None = None) -> dict:
     if not isinstance(data, dict):
         raise ConfigError("'data' must be a mapping")
     data.setdefault("name", "mnist")
+    if not isinstance(data["name"], str):
+        raise ConfigError(f"'data.name' must be the name of a registered dataset, got {data['name']!r:.60}")
     dparams = data_parameters(data["name"])
     for key in data:
         if key != "name" and key not in dparams:
@@ -239,7 +273,11 @@ def resolve(raw: dict, source: str | None = None) -> dict:
     train = _merge(TRAIN, raw.get("train") or {}, "train")
     for group, opts in (train["optimizers"] or {}).items():
         train["optimizers"][group] = _merge(train["optimizer"], opts, f"train.optimizers.{group}")
-    cfg = {"name": raw.get("name") or (Path(source).stem if source else info.name),
+    name = raw.get("name")
+    if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
+        raise ConfigError(f"'name' is {name!r}: give a run name of letters, digits, '.', '_' and '-' (it names "
+                          f"the run dir)")
+    cfg = {"name": name or (Path(source).stem if source else info.name),
            "model": model_full, "data": data_full, "train": train}
     _validate_values(cfg)
     return cfg

@@ -96,25 +96,25 @@ def create_model(name: str, data_info: dict[str, Any] | None = None, **kwargs):
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in args]
     if missing:
         raise ConfigError(f"model '{name}' needs {', '.join('model.' + m for m in missing)}")
+    return build_or_explain(info.builder, args, kwargs, info.defaults(), "model", f"model '{name}'")
+
+
+def build_or_explain(builder: Callable[..., Any], args: dict[str, Any], given: dict[str, Any],
+                     defaults: dict[str, Any], prefix: str, what: str):
+    """``builder(**args)``; any failure, whatever its exception type, becomes one ConfigError that names the
+    ``prefix.<key>`` of ``given`` whose reset to its default lets the object build, when there is one."""
     try:
-        return info.builder(**args)
+        return builder(**args)
+    except ConfigError:
+        raise
     except Exception as e:  # constructors validate their own values; torch raises RuntimeError for others
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        key = _culprit(info, args, kwargs)
-        if key is not None:
-            raise ConfigError(f"model.{key}={kwargs[key]!r} is not valid for model '{name}': {reason}") from None
-        raise ConfigError(f"model '{name}' cannot be built from this config and data: {reason}") from None
-
-
-def _culprit(info: ModelInfo, args: dict[str, Any], given: dict[str, Any]) -> str | None:
-    """The config key whose reset to the constructor default lets the model build, if there is one."""
-    defaults = info.defaults()
-    for key in given:
-        if key not in defaults or given[key] == defaults[key]:
-            continue
-        try:
-            info.builder(**{**args, key: defaults[key]})
-        except Exception:
-            continue
-        return key
-    return None
+        for key in given:
+            if key not in defaults or given[key] == defaults[key]:
+                continue
+            try:
+                builder(**{**args, key: defaults[key]})
+            except Exception:
+                continue
+            raise ConfigError(f"{prefix}.{key}={given[key]!r} is not valid for {what}: {reason}") from None
+        raise ConfigError(f"{what} cannot be built from this config: {reason}") from None

@@ -24,6 +24,28 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
+class Progress:
+    """One epoch's progress bar on stderr (tqdm): batches, the latest loss and items/s; nothing when quiet."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False) \
+            if enabled else None
+
+    def show(self, values: dict[str, float], rate: float) -> None:
+        if self.bar is not None and values:
+            self.bar.set_postfix(loss=f"{values.get('loss', next(iter(values.values()))):.4g}", items_s=f"{rate:.0f}")
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     """runs/NAME, or runs/NAME-2, -3... if NAME already holds a run (never overwrite a run silently)."""
     path, i = root / name, 1

@@ -23,7 +23,7 @@ from .distributed import Dist
 from .errors import ConfigError, ZooError, suggest
 from .optim import apply_update, build_optimizers
 from .registry import create_model
-from .runlog import RunLog, new_run_dir
+from .runlog import Progress, RunLog, new_run_dir
 from .runtime import StopRequests, pick_device, seed_everything
 
 
@@ -59,12 +59,9 @@ class Trainer:
         if self.dist.enabled and self.model.manual_update:
             raise ZooError(f"model '{cfg['model']['name']}' updates by a rule, not by gradients, so its processes "
                            f"cannot average their steps; train it with plain zoo train (one process)")
-        if self.dist.is_main:
-            self.data.prepare_data()  # rank 0 fetches first: one download, not one per process
-        self.dist.barrier()
-        self.data = self.data.setup().to(self.device)
+        self.optimizers, self.schedulers = build_optimizers(self.model, t)  # checks train.optimizers' groups
+        self._load_data()
 
-        self.optimizers, self.schedulers = build_optimizers(self.model, t)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
         self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped = 0, 0, 0, None, 0
@@ -79,6 +76,17 @@ class Trainer:
                 self._seed_rank()
         self.dist.broadcast_module(self.model)  # the replicas start identical, whatever each one drew
         self._probe_metrics()
+
+    def _load_data(self) -> None:
+        """The tensors, after config and model passed: rank 0 fetches first (one download, not one per process)."""
+        try:
+            if self.dist.is_main:
+                self.data.prepare_data()
+            self.dist.barrier()
+            self.data = self.data.setup().to(self.device)
+        except (MemoryError, RuntimeError) as e:  # sizes the config allowed but this machine cannot hold
+            raise ZooError(f"data '{self.cfg['data']['name']}' could not be loaded: {str(e).splitlines()[0][:160]}; "
+                           f"ask for less data") from None
 
     def _seed_rank(self) -> None:
         """Each process its own random streams (dropout, GAN noise, dequantisation) after the shared init."""
@@ -259,16 +267,12 @@ class Trainer:
         t = self.cfg["train"]
         bs = t["batch_size"]
         status = "finished"
-        from tqdm import tqdm
-
         while self.epoch < t["epochs"]:
             if self.dist.any(stop.requested is not None):
                 return "interrupted"
             order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch).to(self.device))
             n_batches = self.data.num_batches("train", bs, order)
-            bar = None if self.quiet else tqdm(
-                total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{t['epochs']}",
-                unit="batch", dynamic_ncols=True, leave=False)
+            bar = Progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{t['epochs']}", not self.quiet)
             sums: dict[str, torch.Tensor] = {}
             count, seen, t0 = 0, 0, time.perf_counter()
             for batch in self.data.batches("train", bs, order=order, skip=self.batch_in_epoch, generator=self.noise,
@@ -285,12 +289,9 @@ class Trainer:
                     values = self.dist.mean({k: (v / count).item() for k, v in sums.items()})
                     rate = float(seen) * self.dist.world / (time.perf_counter() - t0)
                     self.runlog.train_scalars(values, self.step, self.epoch, rate)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{values.get('loss', next(iter(values.values()))):.4g}",
-                                        items_s=f"{rate:.0f}")
+                    bar.show(values, rate)
                     sums, count = {}, 0
-                if bar is not None:
-                    bar.update(1)
+                bar.tick()
                 if t["ckpt_every"] and self.step % t["ckpt_every"] == 0:
                     self.save()
                 if t["max_steps"] and self.step >= t["max_steps"]:
@@ -299,8 +300,7 @@ class Trainer:
                 if self.dist.any(stop.requested is not None):
                     status = "interrupted"
                     break
-            if bar is not None:
-                bar.close()
+            bar.close()
             if status != "finished" and self.batch_in_epoch < n_batches:
                 return status  # mid-epoch: last.pt resumes from the next batch
             self.end_epoch()

@@ -4,6 +4,7 @@
 """
 from .base import (Batch, DataModule, build_data, create_data, data_class, data_names, data_parameters,  # noqa: F401
                    num_items, register_data)
+from . import arabizi  # noqa: F401
 from . import gaussian  # noqa: F401
 from . import homework  # noqa: F401
 from . import mnist  # noqa: F401

@@ -94,7 +94,10 @@ def build_data(name: str, **kwargs) -> "DataModule":
     common = {k: kwargs.pop(k, v) for k, v in COMMON_OPTIONS.items()}
     if not (isinstance(common["input_noise"], (int, float)) and common["input_noise"] >= 0):
         raise ConfigError(f"data.input_noise={common['input_noise']!r} must be a standard deviation >= 0")
-    module = _DATA[name](**kwargs)
+    from ..registry import build_or_explain
+
+    defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    module = build_or_explain(_DATA[name], kwargs, kwargs, defaults, "data", f"data '{name}'")
     module.input_noise, module.shuffle = float(common["input_noise"]), bool(common["shuffle"])
     undeclared = set(module.info) - set(module.info_keys)
     if undeclared:  # a contract bug, not a user error: the info keys are what configs and checkpoints rely on

@@ -12,7 +12,7 @@ class GaussianImages(DataModule):
 
     def __init__(self, size: int = 8, n: int = 20000, std: float = 0.05, corr: float = 0.5, seed: int = 0):
         check_range("size", size, 1, 64)
-        check_range("n", n, 10)
+        check_range("n", n, 10, 10**7)
         check_range("std", std, 0.0)
         check_range("corr", corr, 0.0, 1.0)
         self.side, self.n, self.std, self.corr, self.seed = size, n, std, corr, seed

@@ -11,8 +11,8 @@ class Triangle1D(DataModule):
     """1-D data on [0, 1] with density 2 - 2x, sampled as 1 - sqrt(1 - u); y is unused (zeros)."""
 
     def __init__(self, n: int = 50000, n_test: int = 10000, seed: int = 0):
-        check_range("n", n, 1)
-        check_range("n_test", n_test, 1)
+        check_range("n", n, 1, 10**8)
+        check_range("n_test", n_test, 1, 10**8)
         self.n, self.n_test, self.seed = n, n_test, seed
         self.info = {"input_shape": (1,), "num_classes": 0}
 

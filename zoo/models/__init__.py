@@ -6,3 +6,4 @@ from . import kmeans  # noqa: F401
 from . import competitive  # noqa: F401
 from . import mixture  # noqa: F401
 from . import linear  # noqa: F401
+from . import translit  # noqa: F401

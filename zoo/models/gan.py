@@ -56,8 +56,8 @@ class _TwoPlayer(ZooModel):
         if generator_loss not in GENERATOR_LOSSES:
             raise ValueError(f"generator_loss must be one of {', '.join(GENERATOR_LOSSES)}, got {generator_loss!r}"
                              f"{suggest(generator_loss, GENERATOR_LOSSES)}")
-        if d_steps < 1:
-            raise ValueError(f"d_steps must be >= 1, got {d_steps}")
+        if not 1 <= d_steps <= 100:
+            raise ValueError(f"d_steps must be in [1, 100], got {d_steps}")
         if r1 < 0:
             raise ValueError(f"r1 must be >= 0, got {r1}")
         if r1_every < 1:
@@ -167,8 +167,10 @@ class GAN(_TwoPlayer):
         c, h, w = input_shape
         if (h, w) != (28, 28):
             raise ValueError(f"this DCGAN is laid out for 28x28 images, got {h}x{w}")
-        if min(latent_dim, g_width, d_width, num_visuals) < 1 or depth < 0:
-            raise ValueError("latent_dim, g_width, d_width and num_visuals must be positive, depth >= 0")
+        if not (1 <= min(latent_dim, g_width, d_width, num_visuals) and max(latent_dim, g_width, d_width) <= 8192
+                and num_visuals <= 10000 and 0 <= depth <= 16):
+            raise ValueError("latent_dim, g_width, d_width must be in [1, 8192], num_visuals in [1, 10000], "
+                             "depth in [0, 16]")
         self.latent_dim = latent_dim
 
         def g_convs(ch):
@@ -298,8 +300,8 @@ class GAN1D(_TwoPlayer):
                  generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1, r1: float = 3.0,
                  freeze_g_identity: bool = False, grid: int = 10001):
         super().__init__(generator_loss, d_steps, r1)
-        if width < 1 or depth < 1 or grid < 101:
-            raise ValueError("width and depth must be >= 1 and grid >= 101")
+        if not (1 <= width <= 8192 and 1 <= depth <= 64 and 101 <= grid <= 10**7):
+            raise ValueError("width must be in [1, 8192], depth in [1, 64] and grid in [101, 10^7]")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
                              f"{suggest(activation, ACTIVATIONS)}")

@@ -89,6 +89,9 @@ class GaussianAE(ZooModel):
         super().__init__()
         if not 0 <= nll_beta <= 1:
             raise ValueError(f"nll_beta={nll_beta} must be in [0, 1]")
+        for name, value in (("latent_dim", latent_dim), ("channels", channels), ("decoder_channels", decoder_channels)):
+            if not 1 <= value <= 4096:
+                raise ValueError(f"{name}={value} must be in [1, 4096]")
         if not (0 < min_std < init_std):
             raise ValueError(f"need 0 < min_std < init_std, got min_std={min_std}, init_std={init_std}")
         self.input_shape, self.latent_dim, self.covariance = tuple(input_shape), latent_dim, covariance

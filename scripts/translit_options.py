@@ -1,0 +1,59 @@
+"""Decoding options of a trained transliteration run, measured on the validation words (or a file of pairs).
+
+    python scripts/translit_options.py runs/translit [--data PATH]
+
+Prints a Markdown table: word accuracy, top-5 accuracy and CER for greedy decoding, beam widths, length
+normalisation, LM rescoring weights, fewer ensemble members, right-to-left rescoring (what the run has). Training-time options
+(ensemble, teacher forcing, cell, attention) need their own runs: see the README for those commands.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from zoo.checkpoint import load_run
+from zoo.data import create_data
+from zoo.data.arabizi import normalize_target, read_pairs
+from zoo.models.translit import scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--data", default=None, help="TSV/CSV of pairs (default: the run's validation split)")
+    ap.add_argument("--checkpoint", default="last")
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, cfg, _ = load_run(args.run, "cpu", which=args.checkpoint)
+    pairs = read_pairs(args.data) if args.data else create_data(**cfg["data"]).texts("val")
+    sources, refs = [s for s, _ in pairs], [normalize_target(t) for _, t in pairs]
+    lm = [0.0] + ([0.2, 0.5, 0.8] if model.lm is not None else [])
+    members, r2l = list(model.members), list(model.r2l)
+    # (name, beam, length_norm, lm_weight, left-to-right members used, right-to-left members used)
+    settings = [("greedy", 1, 0.0, 0.0, len(members), 0)] + [(f"beam {k}", k, 0.0, 0.0, len(members), 0)
+                                                            for k in (2, 5, 10)]
+    settings += [(f"beam 5, length_norm {a}", 5, a, 0.0, len(members), 0) for a in (0.5, 1.0)]
+    settings += [(f"beam 5, lm_weight {w}", 5, 0.0, w, len(members), 0) for w in lm[1:]]
+    if len(members) > 1:
+        settings += [(f"1 member, beam 5, lm_weight {w}", 5, 0.0, w, 1, 0) for w in lm[:2]]
+    if r2l:
+        settings += [(f"beam 5, {len(r2l)} right-to-left rescoring, lm_weight {w}", 5, 0.0, w, len(members),
+                      len(r2l)) for w in lm]
+    print(f"{args.run}: {len(pairs)} words; {len(members)} left-to-right members, {len(r2l)} right-to-left\n")
+    print("| decoding | word accuracy | top-5 | CER | seconds |\n|---|---|---|---|---|")
+    for name, k, alpha, lam, n_l2r, n_r2l in settings:
+        model.length_norm, model.lm_weight = alpha, lam
+        model.members, model.r2l = torch.nn.ModuleList(members[:n_l2r]), torch.nn.ModuleList(r2l[:n_r2l])
+        t0 = time.perf_counter()
+        wide = model.transliterate(sources, beam=max(k, 5), nbest=5)  # top-5 always from a beam >= 5
+        top1 = [c[0][0] for c in (wide if k >= 5 else model.transliterate(sources, beam=k, nbest=1))]
+        dt = time.perf_counter() - t0
+        s = scores(top1, refs)
+        top5 = sum(r in [c for c, _ in cands[:5]] for cands, r in zip(wide, refs)) / len(refs)
+        print(f"| {name} | {s['word_accuracy']:.4f} | {top5:.4f} | {s['cer']:.4f} | {dt:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""Arabizi -> Arabic seq2seq: the shrinking beam (Midterm Q4), attention (Midterm Q5), padding, the corpus
+reader, checkpoints and the `zoo translit` command. The corpus is read from ../shared/data/arabizi (never
+skipped: a missing corpus is a failure)."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from zoo.beam import beam_search
+from zoo.checkpoint import load_run
+from zoo.cli import main
+from zoo.config import load_config
+from zoo.data import build_data, create_data
+from zoo.data.arabizi import EOS_ID, PAD_ID, SOS_ID, UNK_ID, read_pairs
+from zoo.errors import ZooError
+from zoo.models.translit import (
+    Attention,
+    TranslitRNN,
+    _edit_distance,
+    levenshtein,
+    nearest_words,
+    reverse_words,
+    rule_based,
+)
+from zoo.registry import create_model
+from zoo.trainer import fit
+
+SRC = ["<pad>", "<unk>", "<sos>", "<eos>", *"$'0123456789abcdefghijklmnopqrstuvwxyz"]
+TGT = ["<pad>", "<unk>", "<sos>", "<eos>", *"ءأابةتثجحخدذرزسشصضطظعغفقكلمنهوىي"]
+WORDS = ["ahlan", "3alaykom", "7abibi", "sh", "m9a7a", "2ja", "tayren"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
+
+
+def tiny(**kw) -> TranslitRNN:
+    torch.manual_seed(0)
+    return create_model("translit_rnn", {"src_vocab": SRC, "tgt_vocab": TGT},
+                        **{"emb": 8, "hidden": 16, "dropout": 0.0, **kw}).eval()
+
+
+def small_config(**model):
+    return load_config({"name": "t", "model": {"name": "translit_rnn", "emb": 16, "hidden": 32, **model},
+                        "data": {"name": "arabizi", "valid": None, "val_size": 60, "limit": 240},
+                        "train": {"epochs": 2, "batch_size": 32, "log_every": 1, "seed": 1, "device": "cpu",
+                                  "optimizer": {"name": "adam", "lr": 3e-3}, "eval_batch_size": 4096,
+                                  "best_metric": "val/word_err"}})
+
+
+# ---- Midterm Q4: the shrinking beam on a hand-made table ------------------------------------------------------------
+DEEP, LEARN = 4, 5  # tokens after the four specials
+# log p(next | prefix). The exam's figure gives the numbers on the search path; the others are filled in so
+# that no other path enters the beam. Checked by hand:
+#   t=1  deep -0.6, learn -0.8                              keep both
+#   t=2  deep deep -0.65, learn learn -0.91, learn <eos> -3.3, deep <eos> -3.59, learn deep -3.9   keep 2 (none ends)
+#   t=3  deep deep <eos> -0.87 (completes), learn learn learn -1.03; then learn learn deep -2.91,
+#        deep deep learn -2.26 ... the width drops to 1
+#   t=4  learn learn learn <eos> -1.31 (completes), learn learn learn deep -2.41
+# (the transcript writes "learn learn deep <eos>" for the second: its search path is learn learn learn.)
+TABLE = {
+    (): {DEEP: -0.6, LEARN: -0.8, EOS_ID: -3.0},
+    (DEEP,): {DEEP: -0.05, LEARN: -4.0, EOS_ID: -2.99},
+    (LEARN,): {DEEP: -3.1, LEARN: -0.11, EOS_ID: -2.5},
+    (DEEP, DEEP): {DEEP: -3.0, LEARN: -1.61, EOS_ID: -0.22},
+    (LEARN, LEARN): {DEEP: -2.0, LEARN: -0.12, EOS_ID: -2.3},
+    (LEARN, LEARN, LEARN): {DEEP: -1.38, LEARN: -2.5, EOS_ID: -0.28},
+}
+
+
+def table_step(tables):
+    """A step function reading item i's next-token log-probabilities from tables[i] by prefix; the state is
+    (item ids, prefix so far), which the beam reorders."""
+    def step(prev, state):
+        item, prefix = state
+        prefix = torch.cat([prefix, prev[:, None]], 1)  # <sos>, then the tokens chosen so far
+        logp = torch.full((len(prev), 6), -1e9)
+        for r in range(len(prev)):
+            key = tuple(t for t in prefix[r, 1:].tolist())
+            for tok, lp in tables[int(item[r])].get(key, {}).items():
+                logp[r, tok] = lp
+        return logp, (item, prefix)
+    return step
+
+
+def run_table(tables, k=2, length_norm=0.0):
+    n = len(tables)
+    state = (torch.arange(n).repeat_interleave(k), torch.zeros(n * k, 0, dtype=torch.long))
+    return beam_search(table_step(tables), state, n, k, max_len=6, sos=SOS_ID, eos=EOS_ID, length_norm=length_norm)
+
+
+def completed(out, i):
+    return [(tuple(t for t in row.tolist() if t != PAD_ID), round(float(s), 6))
+            for row, s in zip(out["tokens"][i], out["log_probs"][i])]
+
+
+def test_shrinking_beam_reproduces_the_midterm_example():
+    out = run_table([TABLE])
+    assert completed(out, 0) == [((DEEP, DEEP, EOS_ID), -0.87), ((LEARN, LEARN, LEARN, EOS_ID), -1.31)]
+    assert out["lengths"][0].tolist() == [3, 4]
+    # -0.6 - 0.05 - 0.22 and -0.8 - 0.11 - 0.12 - 0.28, added by hand
+    assert math.isclose(float(out["log_probs"][0, 0]), -0.6 - 0.05 - 0.22, abs_tol=1e-6)
+    assert math.isclose(float(out["log_probs"][0, 1]), -0.8 - 0.11 - 0.12 - 0.28, abs_tol=1e-6)
+
+
+def test_beam_items_are_independent_and_length_normalisation_reranks():
+    # item 1: t=1 keeps deep -0.1 and <eos> -1.0, which completes (width 1); t=2 deep deep -0.4 beats
+    # deep <eos> -2.1; t=3 deep deep <eos> -1.2 completes. Raw, the empty word wins; per character (-1.2 / 3
+    # = -0.4 against -1.0 / 1) the longer one does.
+    other = {(): {DEEP: -0.1, EOS_ID: -1.0, LEARN: -3.0}, (DEEP,): {EOS_ID: -2.0, DEEP: -0.3, LEARN: -5.0},
+             (DEEP, DEEP): {EOS_ID: -0.8, DEEP: -4.0, LEARN: -4.0}}
+    out = run_table([TABLE, other])
+    assert completed(out, 0) == [((DEEP, DEEP, EOS_ID), -0.87), ((LEARN, LEARN, LEARN, EOS_ID), -1.31)]
+    assert completed(out, 1) == [((EOS_ID,), -1.0), ((DEEP, DEEP, EOS_ID), -1.2)]
+    normed = run_table([other], length_norm=1.0)
+    assert completed(normed, 0) == [((DEEP, DEEP, EOS_ID), -1.2), ((EOS_ID,), -1.0)]
+    assert [round(float(s), 6) for s in normed["scores"][0]] == [-0.4, -1.0]
+
+
+def test_beam_width_one_is_greedy():
+    model = tiny()
+    src, src_len = model.encode_words(WORDS)
+    g = model.greedy(src, src_len)
+    b = model.beam_decode(src, src_len, k=1)
+    width = max(g["tokens"].shape[1], b["tokens"].shape[2])
+    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=PAD_ID)
+    assert torch.equal(pad(g["tokens"]), pad(b["tokens"][:, 0]))
+    assert torch.allclose(g["log_probs"], b["log_probs"][:, 0], atol=1e-5)
+
+
+def test_beam_n_best_lists_are_sorted_and_distinct():
+    model = tiny()
+    out = model.transliterate(WORDS, beam=4, nbest=4)
+    for cands in out:
+        assert len(cands) == 4
+        scores = [s for _, s in cands]
+        assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    src, src_len = model.encode_words(WORDS)
+    tokens = model.beam_decode(src, src_len, k=4)["tokens"]
+    for rows in tokens:  # the k completed hypotheses of a word are different sequences
+        assert len({tuple(r.tolist()) for r in rows}) == 4
+
+
+def test_ensemble_averages_log_probabilities_and_the_lm_rescores_the_beam():
+    model = tiny(ensemble=2, lm_hidden=8, lm_weight=0.5)
+    src, src_len = model.encode_words(WORDS)
+    memories, states = model._start(src, src_len)
+    prev = torch.full((len(WORDS),), SOS_ID)
+    logp, _ = model._step(memories)(prev, states)
+    each = [m.step(prev, st, mem)[0].log_softmax(-1) for m, st, mem in zip(model.members, states, memories)]
+    assert not torch.allclose(each[0], each[1]) and torch.allclose(logp, (each[0] + each[1]) / 2)
+    out = model.beam_decode(src, src_len, k=3)
+    b, k, length = out["tokens"].shape
+    lm = model.lm.log_prob(out["tokens"].view(b * k, length)).view(b, k)
+    assert torch.allclose(out["scores"], out["log_probs"] + 0.5 * lm, atol=1e-5)
+    assert (out["scores"].diff(dim=1) <= 1e-6).all()  # ranked by the rescored value
+    tgt = out["tokens"][:, 0]
+    terms = model.train().training_step((src, src_len, tgt, (tgt != PAD_ID).sum(1)))
+    assert torch.allclose(terms["loss"], terms["nll"] + terms["lm_nll"])
+
+
+def test_right_to_left_members_rescore_the_n_best():
+    tgt = torch.tensor([[5, 6, 7, EOS_ID, PAD_ID], [8, EOS_ID, PAD_ID, PAD_ID, PAD_ID], [9, 10, 11, 12, EOS_ID]])
+    assert reverse_words(tgt, torch.tensor([4, 2, 5])).tolist() == [
+        [7, 6, 5, EOS_ID, PAD_ID], [8, EOS_ID, PAD_ID, PAD_ID, PAD_ID], [12, 11, 10, 9, EOS_ID]]
+    model = tiny(r2l=1)
+    src, src_len = model.encode_words(WORDS)
+    out = model.beam_decode(src, src_len, k=3)
+    tokens = out["tokens"]
+    b, k, length = tokens.shape
+    flat = tokens.view(b * k, length)
+    rows = torch.arange(b).repeat_interleave(k)
+    rev = reverse_words(flat, (flat != PAD_ID).sum(1))
+    logits = model.r2l[0].teacher_forced(src[rows], src_len[rows], rev, 1.0).log_softmax(-1)
+    r2l = (logits.gather(2, rev[..., None])[..., 0] * (rev != PAD_ID)).sum(1).view(b, k)
+    assert torch.allclose(out["scores"], (out["log_probs"] + r2l) / 2, atol=1e-5)
+    terms = model.train().training_step((src, src_len, tokens[:, 0], (tokens[:, 0] != PAD_ID).sum(1)))
+    assert torch.isfinite(terms["loss"]) and terms["loss"].requires_grad
+
+
+def test_sampling_is_seeded_and_cold_sampling_is_greedy():
+    model = tiny()
+    src, src_len = model.encode_words(WORDS)
+    draw = lambda t, seed: model.greedy(src, src_len, temperature=t,
+                                        generator=torch.Generator().manual_seed(seed))["tokens"]
+    assert torch.equal(draw(1.0, 5), draw(1.0, 5)) and not torch.equal(draw(2.0, 5), draw(2.0, 6))
+    assert torch.equal(draw(1e-4, 0), model.greedy(src, src_len)["tokens"])
+
+
+# ---- Midterm Q5: attention on a linear RNN -------------------------------------------------------------------------
+def test_attention_replays_the_midterm_linear_rnn():
+    W_h = torch.tensor([[-1.0, 2.0], [0.0, 1.0]])
+    W_u = torch.tensor([0.0, 1.0])
+    W_K = torch.tensor([[2.0, -1.0], [-1.0, 1.0]])
+    W_V = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    W_Q = torch.tensor([[3.0, 1.0], [4.0, 2.0]])
+    h, states = torch.zeros(2), []
+    for u in (1.0, 2.0, -1.0):
+        h = W_h @ h + W_u * u
+        states.append(h)
+    H = torch.stack(states)  # [3, 2]
+    h_out = W_h @ H[-1]
+    assert H.tolist() == [[0, 1], [2, 3], [4, 2]] and h_out.tolist() == [0, 2]
+    att = Attention("dot", 2, 2, 2)
+    with torch.no_grad():
+        att.key.weight.copy_(W_K)
+    keys = att.keys(H[None])[0]
+    assert keys.tolist() == [[-1, 1], [1, 1], [6, -2]]  # k3 = W_K h3 = (8 - 2, -4 + 2); the transcript's (6, -1) slips
+    values = H @ W_V.T
+    assert values.tolist() == [[0, 1], [2, 1], [4, -2]]
+    q = (W_Q @ h_out)[None, None]
+    assert q.flatten().tolist() == [2, 4]
+    assert att.scores(q, keys[None]).flatten().tolist() == [2, 6, 4]
+    context, weights = att(q, keys[None], values[None], torch.ones(1, 3, dtype=torch.bool), hard=True)
+    assert weights.flatten().tolist() == [0, 1, 0] and context.flatten().tolist() == [2, 1]
+    _, w = att(q, keys[None], values[None], torch.ones(1, 3, dtype=torch.bool))
+    assert math.isclose(float(w.detach().sum()), 1.0, rel_tol=1e-6) and int(w.argmax()) == 1
+
+
+@pytest.mark.parametrize("kind,cell", [("additive", "gru"), ("dot", "lstm")])
+def test_attention_sums_to_one_and_padding_never_changes_a_word(kind, cell):
+    model = tiny(attention=kind, cell=cell, context_rnn=cell == "lstm")
+    alone = [model.greedy(*model.encode_words([w]), attention=True) for w in WORDS]
+    src, src_len = model.encode_words(WORDS)
+    src = torch.nn.functional.pad(src, (0, 5), value=PAD_ID)  # extra padding on every word
+    batch = model.greedy(src, src_len, attention=True)
+    for i, (w, one) in enumerate(zip(WORDS, alone)):
+        n = one["tokens"].shape[1]
+        assert torch.equal(batch["tokens"][i, :n], one["tokens"][0])
+        assert torch.allclose(batch["log_probs"][i], one["log_probs"][0], atol=1e-5)
+        a = batch["attention"][i, :n]
+        assert torch.allclose(a.sum(1), torch.ones(n), atol=1e-5)  # over the real positions only...
+        assert float(a[:, len(w):].abs().max()) == 0.0  # ...padding gets exactly nothing
+        assert torch.allclose(a[:, :len(w)], one["attention"][0, :n], atol=1e-5)
+    logits_alone = model.members[0].teacher_forced(*model.encode_words(["ahlan"]), torch.tensor([[7, 8, 3]]), 1.0)
+    logits_pad = model.members[0].teacher_forced(*model.encode_words(["ahlan", "3alaykomwasahlan"]),
+                                                 torch.tensor([[7, 8, 3], [7, 8, 3]]), 1.0)
+    assert torch.allclose(logits_alone[0], logits_pad[0], atol=1e-5)
+
+
+def test_teacher_forcing_below_one_uses_the_models_own_outputs():
+    model = tiny(teacher_forcing=0.0).train()
+    src, src_len = model.encode_words(["ahlan", "7abibi"])
+    tgt = torch.tensor([[10, 12, 3], [9, 11, 3]])
+    member = model.members[0]
+    free = member.teacher_forced(src, src_len, tgt, 0.0)
+    assert torch.allclose(free[:, 0], member.teacher_forced(src, src_len, tgt, 1.0)[:, 0])  # <sos> either way
+    own = tgt.clone()
+    own[:, 0] = free[:, 0].argmax(1)  # ratio 0: step 2 is fed the model's own first character
+    assert torch.allclose(free[:, 1], member.teacher_forced(src, src_len, own, 1.0)[:, 1], atol=1e-6)
+    other = own.clone()
+    other[:, 0] = (own[:, 0] - 4 + 1) % (len(TGT) - 4) + 4  # any other first character changes step 2
+    assert not torch.allclose(free[:, 1], member.teacher_forced(src, src_len, other, 1.0)[:, 1])
+
+
+# ---- the corpus reader -----------------------------------------------------------------------------------------------
+def test_reader_reports_malformed_lines_and_normalises(tmp_path):
+    f = tmp_path / "pairs.tsv"
+    f.write_text("arabizi\tarabic\nAHLAN\tاهلا\nbroken line\n\n7abibi\tحبيبي\textra\nka\u0301\tك\n", encoding="utf-8")
+    said = []
+    pairs = read_pairs(f, log=said.append)
+    assert pairs == [("ahlan", "اهلا"), ("ká", "ك")] and pairs[1][0] == "k\u00e1"  # lowercased, NFC
+    assert len(said) == 1 and "skipped 2 malformed" in said[0] and f"{f}:3" in said[0] and f"{f}:5" in said[0]
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("3ala,على\n", encoding="utf-8")
+    assert read_pairs(csv) == [("3ala", "على")]
+
+
+def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys):
+    with pytest.raises(ZooError, match=r"no word-pair file at '.*nope\.tsv'.*arabizi<TAB>arabic"):
+        build_data("arabizi", root=str(tmp_path), train="nope.tsv")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{name: translit_rnn}}\ndata: {{name: arabizi, root: {tmp_path}}}\n")
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.tsv" in err
+
+
+def test_corpus_vocabularies_and_unknown_characters(tmp_path, monkeypatch):
+    data = create_data("arabizi")
+    assert data.size("train") == 15682 and data.size("val") == 1936
+    src_vocab, tgt_vocab = data.info["src_vocab"], data.info["tgt_vocab"]
+    assert src_vocab[:4] == ["<pad>", "<unk>", "<sos>", "<eos>"] and "3" in src_vocab and "ع" in tgt_vocab
+    assert not {s for s, _ in data.texts("train")} & {s for s, _ in data.texts("val")}
+    src, src_len, tgt, tgt_len = next(data.batches("val", 8))
+    assert tgt[torch.arange(8), tgt_len - 1].eq(EOS_ID).all() and src.shape[1] == int(src_len.max())
+    # valid: null carves the validation words from train by seed; ZOO_ARABIZI points at another folder
+    (tmp_path / "train.tsv").write_text("arabizi\tarabic\n" + "".join(f"w{i}a\tو{i}\n" for i in range(50)),
+                                        encoding="utf-8")
+    monkeypatch.setenv("ZOO_ARABIZI", str(tmp_path))
+    a = create_data("arabizi", valid=None, val_size=10, seed=3)
+    b = create_data("arabizi", valid=None, val_size=10, seed=3)
+    assert a.texts("val") == b.texts("val") and a.size("train") == 40
+    assert a.texts("val") != create_data("arabizi", valid=None, val_size=10, seed=4).texts("val")
+    model = create_model("translit_rnn", a.info, emb=8, hidden=8)
+    assert model.encode_words(["wé"])[0].tolist() == [[a.info["src_vocab"].index("w"), UNK_ID]]
+    assert len(model.transliterate(["wé", "ÿÿ"])) == 2  # unseen characters never crash
+
+
+# ---- training, checkpoints, the command line ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tl") / "run"
+    trainer = fit(small_config(teacher_forcing=0.7, tf_decay=0.9), run)
+    return trainer, run
+
+
+def test_training_learns_and_logs_curves_table_and_attention(trained):
+    trainer, run = trained
+    first, last = trainer.metrics["epochs"][0], trainer.metrics["epochs"][-1]
+    assert last["val/loss"] < first["val/loss"] and 0 <= last["val/word_acc"] <= 1
+    assert last["train/teacher_forcing"] == pytest.approx(0.7 * 0.9 ** 2)
+    table = (run / "samples" / "valid_words_epoch001.txt").read_text(encoding="utf-8")
+    assert table.startswith("| source | reference | prediction | ok |") and table.count("\n") == 18
+    assert (run / "samples" / "attention_epoch001.png").is_file()
+
+
+def test_resume_is_exact_with_teacher_forcing_coin_flips(trained, tmp_path):
+    trainer, _ = trained
+    cfg = small_config(teacher_forcing=0.7, tf_decay=0.9)
+    fit({**cfg, "train": {**cfg["train"], "max_steps": 9}}, tmp_path / "r")
+    resumed = fit(cfg, tmp_path / "r", resume=True)
+    assert resumed.metrics["epochs"][-1]["val/loss"] == trainer.metrics["epochs"][-1]["val/loss"]
+
+
+def test_checkpoint_round_trip_translates_identically(trained):
+    trainer, run = trained
+    model, _, ck = load_run(run)
+    assert ck["data_info"]["tgt_vocab"] == trainer.data.info["tgt_vocab"]
+    words = ["ahlan", "3alaykom", "7abibi", "ma3a", "$ukran"]
+    assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)
+
+
+def test_translit_command_keeps_lines_aligned(trained, monkeypatch, capsys):
+    _, run = trained
+    text = "ahlan 3alaykom\n\n2024 !!\n7abibi, ok?\n" + "x" * 300 + "\nwé ÿ\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
+    assert main(["translit", str(run)]) == 0
+    out = capsys.readouterr().out.split("\n")[:-1]
+    assert len(out) == 6 and out[1] == "" and out[2] == "2024 !!"
+    assert out[0].count(" ") == 1 and out[3].split(" ")[0].endswith(",") and out[3].endswith("?")
+    assert main(["translit", str(run), "ahlan", "--beam", "3", "--nbest", "3"]) == 0
+    line = capsys.readouterr().out.strip().split("\t")
+    assert line[0] == "ahlan" and len(line) == 4 and all(c.endswith(")") for c in line[1:])
+    assert main(["translit", str(run), "ahlan", "--nbest", "4", "--beam", "2"]) == 2
+
+
+def test_eval_reports_accuracy_top5_cer_and_baselines(trained, tmp_path, capsys):
+    _, run = trained
+    f = tmp_path / "words.tsv"
+    f.write_text("arabizi\tarabic\n7mer\tحمير\nahleen\tاهلين\n3ala\tعلى\n", encoding="utf-8")
+    assert main(["eval", str(run), "--json", "--data", str(f)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_words"] == 3 and 0 <= out["word_accuracy"] <= out["top5_accuracy"] <= 1 and out["cer"] >= 0
+    assert out["baselines"]["rule_based"]["word_accuracy"] == pytest.approx(2 / 3)  # 7mer, ahleen by rule
+    assert set(out["baselines"]["nearest_training_word"]) == {"word_accuracy", "cer"}
+
+
+def test_baselines_and_edit_distances():
+    assert rule_based("7mer") == "حمير" and rule_based("3'ali") == "غالي" and rule_based("m9a7a") == "مصاحه"
+    train = [("ahlan", "اهلا"), ("7abibi", "حبيبي"), ("ma3a", "معا")]
+    assert nearest_words(["ahlen", "7abibti", "ma3"], train) == ["اهلا", "حبيبي", "معا"]
+    g = torch.Generator().manual_seed(0)
+    words = ["".join("abc"[i] for i in torch.randint(0, 3, (n,), generator=g)) for n in (1, 3, 4, 4, 6)]
+    codes = lambda ws: torch.tensor([[ord(c) for c in w] for w in ws])
+    for a in words:
+        for b in words:
+            assert int(_edit_distance(codes([a]), codes([b]))[0, 0]) == levenshtein(a, b)
+    assert levenshtein("kitten", "sitting") == 3

@@ -1,0 +1,152 @@
+"""Arabizi -> Arabic word pairs (Jordanian dialect; Talafha et al., "Atar: Attention-based LSTM for Arabizi
+Transliteration", IJECE 2021), read in place from TSV/CSV files of pairs.
+
+The character vocabularies are built from the training pairs in ``__init__`` and handed to the model through
+``info``, so a checkpoint alone can translate; characters never seen in training map to ``<unk>``.
+Splits hold padded index tensors plus lengths; ``collate`` trims each batch to its longest word and counts
+target tokens, so validation averages are per token.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import unicodedata
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, ZooError
+from .base import Batch, DataModule, check_range, register_data
+
+PAD, UNK, SOS, EOS = "<pad>", "<unk>", "<sos>", "<eos>"
+SPECIALS = (PAD, UNK, SOS, EOS)  # indices 0..3 in both vocabularies
+PAD_ID, UNK_ID, SOS_ID, EOS_ID = range(4)
+DEFAULT_ROOT = "../shared/data/arabizi"
+FORMAT = "UTF-8 text, one pair a line: arabizi<TAB>arabic (or comma-separated), optional header line"
+
+
+def normalize_source(text: str) -> str:
+    """NFC and lowercase: the Latin side as the corpus stores it."""
+    return unicodedata.normalize("NFC", text).strip().lower()
+
+
+def normalize_target(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def resolve(path: str | os.PathLike, root: str | None = None) -> Path:
+    """A data path: absolute as given; relative ones under ``root`` (env ``ZOO_ARABIZI`` wins), tried from the
+    working dir, then from the repository root (so the default works from any directory of a checkout)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    folder = os.environ.get("ZOO_ARABIZI") or root
+    p = Path(folder).expanduser() / p if folder else p
+    if p.is_absolute() or p.exists():
+        return p
+    in_repo = Path(__file__).resolve().parents[2] / p
+    return in_repo if in_repo.exists() else p
+
+
+def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr)) -> list[tuple[str, str]]:
+    """(arabizi, arabic) pairs from a TSV/CSV file, normalised. Malformed lines (not two non-empty fields) are
+    reported with file and line number and skipped; a missing or unreadable file is one ZooError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"no word-pair file at '{path}': expected {FORMAT} (set data.root, data.train/valid or "
+                       f"ZOO_ARABIZI)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZooError(f"cannot read '{path}' ({type(e).__name__}): expected {FORMAT}") from None
+    lines = text.splitlines()
+    delim = "\t" if any("\t" in ln for ln in lines[:50]) else ","
+    pairs, bad = [], []
+    for number, row in enumerate(csv.reader(lines, delimiter=delim, quoting=csv.QUOTE_NONE), start=1):
+        if not row or not "".join(row).strip():
+            continue  # blank lines are not malformed
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            bad.append(number)
+            continue
+        src, tgt = normalize_source(row[0]), normalize_target(row[1])
+        if number == 1 and src == "arabizi":
+            continue  # the header
+        pairs.append((src, tgt))
+    if bad:
+        shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        log(f"warning: skipped {len(bad)} malformed line(s) (want two fields): {shown}")
+    if not pairs:
+        raise ZooError(f"'{path}' holds no word pairs: expected {FORMAT}")
+    return pairs
+
+
+def build_vocab(words) -> list[str]:
+    """Specials, then every character of ``words`` in code-point order (deterministic, so stable across runs)."""
+    return [*SPECIALS, *sorted({c for w in words for c in w})]
+
+
+def encode(words: list[str], vocab: list[str] | dict[str, int], eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded indices [N, L] and lengths [N]; unknown characters become <unk>, ``eos`` appends <eos>."""
+    index = vocab if isinstance(vocab, dict) else {c: i for i, c in enumerate(vocab)}
+    rows = [[index.get(c, UNK_ID) for c in w] + ([EOS_ID] if eos else []) for w in words]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.full((len(rows), max(1, int(lengths.max())) if len(rows) else 1), PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out, lengths
+
+
+@register_data("arabizi")
+class Arabizi(DataModule):
+    """Arabizi -> Arabic word pairs. Splits are (src [N, S], src_len [N], tgt [N, T], tgt_len [N]); targets end
+    in <eos>. ``valid: null`` carves ``val_size`` pairs from train by ``seed``; ``limit`` keeps the first
+    ``limit`` training pairs (quick runs and tests)."""
+
+    info_keys = ("src_vocab", "tgt_vocab")
+
+    def __init__(self, root: str = DEFAULT_ROOT, train: str = "train.tsv", valid: str | None = "valid.tsv",
+                 val_size: int = 1000, limit: int | None = None, seed: int = 0):
+        check_range("val_size", val_size, 1)
+        check_range("limit", limit, 1, allow_none=True)
+        self.train_path = resolve(train, root)
+        self.valid_path = resolve(valid, root) if valid else None
+        pairs = read_pairs(self.train_path)
+        if self.valid_path is not None and not self.valid_path.is_file():
+            raise ZooError(f"no word-pair file at '{self.valid_path}' (data.valid): expected {FORMAT}; "
+                           f"or set data.valid=null to carve validation pairs from train")
+        self.val_size, self.limit, self.seed = val_size, limit, seed
+        if self.valid_path is None:
+            if len(pairs) <= val_size:
+                raise ConfigError(f"data.val_size={val_size} leaves no training pairs out of {len(pairs)}")
+            order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+            self._val = [pairs[i] for i in order[:val_size]]
+            pairs = [pairs[i] for i in sorted(order[val_size:])]
+        else:
+            self._val = None
+        self._train = pairs[:limit] if limit else pairs
+        # vocabularies from the training pairs only: what the model can ever have learned
+        self.info = {"src_vocab": build_vocab(s for s, _ in self._train),
+                     "tgt_vocab": build_vocab(t for _, t in self._train)}
+
+    def setup(self) -> Arabizi:
+        val = self._val if self._val is not None else read_pairs(self.valid_path)
+        self._texts = {"train": self._train, "val": val}
+        src_v, tgt_v = self.info["src_vocab"], self.info["tgt_vocab"]
+        self.splits = {}
+        for split, pairs in self._texts.items():
+            src, src_len = encode([s for s, _ in pairs], src_v)
+            tgt, tgt_len = encode([t for _, t in pairs], tgt_v, eos=True)
+            self.splits[split] = (src, src_len, tgt, tgt_len)
+        return self
+
+    def texts(self, split: str) -> list[tuple[str, str]]:
+        """The split's (source, reference) strings as read (references may hold characters unseen in training)."""
+        self.tensors(split)  # one-line error for an unknown split
+        return list(self._texts[split])
+
+    def collate(self, split, parts, generator):
+        """Trim to the batch's longest source and target; ``num_items`` = target tokens (incl. <eos>)."""
+        src, src_len, tgt, tgt_len = parts
+        s, t = int(src_len.max()), int(tgt_len.max())
+        return Batch((src[:, :s], src_len, tgt[:, :t], tgt_len), num_items=tgt_len.sum())
