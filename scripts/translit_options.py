@@ -3,7 +3,9 @@
     python scripts/translit_options.py runs/translit [--data PATH]
 
 Prints a Markdown table: word accuracy, top-5 accuracy and CER for greedy decoding, beam widths, length
-normalisation, LM rescoring weights, fewer ensemble members, right-to-left rescoring (what the run has). Training-time options
+normalisation, LM rescoring weights, fewer ensemble members, right-to-left rescoring (what the run has), and
+target-lexicon bonuses (``--lexicon-weights``; the lexicon is the checkpoint's, i.e. the training targets; a run
+trained before the lexicon existed gets it rebuilt from its data config's training pairs). Training-time options
 (ensemble, teacher forcing, cell, attention) need their own runs: see the README for those commands.
 """
 from __future__ import annotations
@@ -24,14 +26,21 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--data", default=None, help="TSV/CSV of pairs (default: the run's validation split)")
     ap.add_argument("--checkpoint", default="last")
+    ap.add_argument("--lexicon-weights", default="0.5,1,1.5,2,3,5",
+                    help="comma-separated lexicon_weight values swept on the full decoding (beam, LM, r2l)")
+    ap.add_argument("--only-lexicon", action="store_true", help="skip the other decoding options")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, cfg, _ = load_run(args.run, "cpu", which=args.checkpoint)
     pairs = read_pairs(args.data) if args.data else create_data(**cfg["data"]).texts("val")
     sources, refs = [s for s, _ in pairs], [normalize_target(t) for _, t in pairs]
+    if not model.target_lexicon:  # trained before the lexicon was data info: rebuild it from the training pairs
+        model.target_lexicon = frozenset(create_data(**cfg["data"]).info["target_lexicon"])
+    lex_weights = [float(w) for w in args.lexicon_weights.split(",") if w.strip()]
+    lm_cfg = model.lm_weight
     lm = [0.0] + ([0.2, 0.5, 0.8] if model.lm is not None else [])
     members, r2l = list(model.members), list(model.r2l)
-    # (name, beam, length_norm, lm_weight, left-to-right members used, right-to-left members used)
+    # (name, beam, length_norm, lm_weight, left-to-right members used, right-to-left members used[, lexicon_weight])
     settings = [("greedy", 1, 0.0, 0.0, len(members), 0)] + [(f"beam {k}", k, 0.0, 0.0, len(members), 0)
                                                             for k in (2, 5, 10)]
     settings += [(f"beam 5, length_norm {a}", 5, a, 0.0, len(members), 0) for a in (0.5, 1.0)]
@@ -41,10 +50,17 @@ def main() -> None:
     if r2l:
         settings += [(f"beam 5, {len(r2l)} right-to-left rescoring, lm_weight {w}", 5, 0.0, w, len(members),
                       len(r2l)) for w in lm]
-    print(f"{args.run}: {len(pairs)} words; {len(members)} left-to-right members, {len(r2l)} right-to-left\n")
+    if args.only_lexicon:
+        settings = []
+    full = f"beam {model.beam}" + (f", {len(r2l)} right-to-left rescoring" if r2l else "") + f", lm_weight {lm_cfg}"
+    settings += [(f"{full}, lexicon_weight {w}", model.beam, model.length_norm, lm_cfg, len(members), len(r2l), w)
+                 for w in [0.0, *lex_weights]]
+    in_lex = sum(r in model.target_lexicon for r in refs) / len(refs)
+    print(f"{args.run}: {len(pairs)} words; {len(members)} left-to-right members, {len(r2l)} right-to-left; "
+          f"target lexicon {len(model.target_lexicon)} words, holding {in_lex:.1%} of the references\n")
     print("| decoding | word accuracy | top-5 | CER | seconds |\n|---|---|---|---|---|")
-    for name, k, alpha, lam, n_l2r, n_r2l in settings:
-        model.length_norm, model.lm_weight = alpha, lam
+    for name, k, alpha, lam, n_l2r, n_r2l, *lex in settings:
+        model.length_norm, model.lm_weight, model.lexicon_weight = alpha, lam, (lex[0] if lex else 0.0)
         model.members, model.r2l = torch.nn.ModuleList(members[:n_l2r]), torch.nn.ModuleList(r2l[:n_r2l])
         t0 = time.perf_counter()
         wide = model.transliterate(sources, beam=max(k, 5), nbest=5)  # top-5 always from a beam >= 5

@@ -350,3 +350,42 @@ def test_ctrl_c_in_sample_or_eval_says_interrupted_without_resume_advice(vae_run
         assert main([command, str(vae_run)]) == 130
         err = capsys.readouterr().err
         assert f"zoo {command}" in err and "interrupted" in err and "resume" not in err
+
+
+# ---- zoo translit, fuzzed: a correct answer (one line out per line in) or a clear error ---------------------------
+@pytest.fixture(scope="module")
+def translit_run(tmp_path_factory):
+    from test_translit import small_config
+
+    run = tmp_path_factory.mktemp("tl") / "run"
+    fit(small_config(), run)
+    return run
+
+
+@pytest.mark.parametrize("label,text", [
+    ("empty input", ""),
+    ("blank lines only", "\n\n\n"),
+    ("control characters", "\x00ahlan\x07 \x1b[31m3alaykom\x1b[0m\tok\n\x7f\n"),
+    ("mixed scripts", "مرحبا ahlan 你好 7abibi 123 !!\nΑθήνα kifak\n"),
+    ("a 1 MB line", ("ahlan 3alaykom kifak 7abibi " * 37000)[:1 << 20] + "\n"),
+])
+def test_translit_answers_one_line_per_input_line_whatever_the_input(translit_run, label, text, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8"))
+    assert main(["translit", str(translit_run)]) == 0, label
+    captured = capsys.readouterr()
+    lines_in = text.split("\n")[:-1] if text.endswith("\n") else ([text] if text else [])
+    lines_out = captured.out.split("\n")[:-1]
+    assert len(lines_out) == len(lines_in), label
+    for given, got in zip(lines_in, lines_out):
+        passing = [t for t in given.split() if not any(c.isalpha() for c in t)]  # digits, punctuation
+        assert all(t in got.split() for t in passing), (label, given, got)
+    assert "Traceback" not in captured.err
+
+
+def test_translit_refuses_contradictory_options_in_one_line(translit_run, capsys):
+    for argv, needle in ((["--temperature", "0.5", "--beam", "3"], "--temperature"), (["--nbest", "0"], "--nbest"),
+                         (["--checkpoint", "middle"], "--checkpoint")):
+        err = one_line_error(capsys, main(["translit", str(translit_run), "ahlan", *argv]))
+        assert needle in err, (argv, err)

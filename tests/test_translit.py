@@ -182,6 +182,27 @@ def test_right_to_left_members_rescore_the_n_best():
     assert torch.isfinite(terms["loss"]) and terms["loss"].requires_grad
 
 
+def test_lexicon_bonus_lets_a_known_word_overtake_a_slightly_more_probable_one():
+    model = tiny()
+    src, src_len = model.encode_words(WORDS)
+    base = model.beam_decode(src, src_len, k=3)
+    words = [[model.decode_tokens(t) for t in item] for item in base["tokens"]]
+    gaps = base["scores"][:, 0] - base["scores"][:, 1]
+    i = next(i for i in gaps.argsort().tolist() if words[i][0] != words[i][1] and words[i][1])
+    first, second, gap = words[i][0], words[i][1], float(gaps[i])
+    model.target_lexicon = frozenset({second})
+    same = model.beam_decode(src, src_len, k=3)  # weight 0 (the default): the ranking is untouched
+    assert all(torch.equal(same[key], base[key]) for key in ("tokens", "log_probs", "scores"))
+    out = model.beam_decode(src, src_len, k=3, lexicon_weight=gap + 0.05)
+    assert [model.decode_tokens(t) for t in out["tokens"][i][:2]] == [second, first]
+    assert float(out["scores"][i, 0]) == pytest.approx(float(base["scores"][i, 1]) + gap + 0.05, abs=1e-5)
+    model.lexicon_weight = gap + 0.05  # the configured weight is what transliterate uses
+    assert model.transliterate([WORDS[i]], beam=3)[0][0][0] == second
+    for bad in (-0.1, 1e6, float("nan")):
+        with pytest.raises(ZooError, match="lexicon_weight"):
+            tiny(lexicon_weight=bad)
+
+
 def test_sampling_is_seeded_and_cold_sampling_is_greedy():
     model = tiny()
     src, src_len = model.encode_words(WORDS)
@@ -301,6 +322,22 @@ def test_corpus_vocabularies_and_unknown_characters(tmp_path, monkeypatch):
     assert len(model.transliterate(["wé", "ÿÿ"])) == 2  # unseen characters never crash
 
 
+def test_target_lexicon_holds_the_training_targets_only(tmp_path, monkeypatch):
+    train = "arabizi\tarabic\n" + "".join(f"w{i}a\tو{i}\n" for i in range(60))
+    (tmp_path / "train.tsv").write_text(train, encoding="utf-8")
+    (tmp_path / "valid.tsv").write_text("zz\tزز\nw1a\tو1\n", encoding="utf-8")
+    monkeypatch.setenv("ZOO_ARABIZI", str(tmp_path))
+    data = create_data("arabizi", limit=40)  # the kept training pairs only
+    assert data.info["target_lexicon"] == sorted(f"و{i}" for i in range(40)) and "زز" not in \
+        data.info["target_lexicon"]
+    carved = create_data("arabizi", valid=None, val_size=10, seed=2)  # validation words carved from train
+    assert carved.info["target_lexicon"] == sorted({t for _, t in carved.texts("train")})
+    assert len(carved.info["target_lexicon"]) == 50 and not {t for _, t in carved.texts("val")} & \
+        set(carved.info["target_lexicon"])
+    model = create_model("translit_rnn", data.info, emb=8, hidden=8, lexicon_weight=1.0)
+    assert model.target_lexicon == set(data.info["target_lexicon"])
+
+
 # ---- training, checkpoints, the command line ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -331,7 +368,12 @@ def test_checkpoint_round_trip_translates_identically(trained):
     trainer, run = trained
     model, _, ck = load_run(run)
     assert ck["data_info"]["tgt_vocab"] == trainer.data.info["tgt_vocab"]
+    lexicon = {t for _, t in trainer.data.texts("train")}
+    assert ck["data_info"]["target_lexicon"] == sorted(lexicon) and model.target_lexicon == lexicon
+    assert {t for _, t in trainer.data.texts("val")} - lexicon  # validation-only words stay out
     words = ["ahlan", "3alaykom", "7abibi", "ma3a", "$ukran"]
+    assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)
+    model.lexicon_weight = trainer.model.lexicon_weight = 2.0
     assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)
 
 

@@ -6,7 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ConfigError, suggest
+from .errors import ConfigError, ZooError, suggest
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -105,7 +105,7 @@ def build_or_explain(builder: Callable[..., Any], args: dict[str, Any], given: d
     ``prefix.<key>`` of ``given`` whose reset to its default lets the object build, when there is one."""
     try:
         return builder(**args)
-    except ConfigError:
+    except ZooError:  # the constructor's own one-line message (a missing file, a bad value) says it best
         raise
     except Exception as e:  # constructors validate their own values; torch raises RuntimeError for others
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -2,7 +2,9 @@
 Transliteration", IJECE 2021), read in place from TSV/CSV files of pairs.
 
 The character vocabularies are built from the training pairs in ``__init__`` and handed to the model through
-``info``, so a checkpoint alone can translate; characters never seen in training map to ``<unk>``.
+``info``, so a checkpoint alone can translate; characters never seen in training map to ``<unk>``. So does
+``target_lexicon``, the sorted set of Arabic words of the training pairs (the model can favour them when it
+reranks the beam's n-best).
 Splits hold padded index tensors plus lengths; ``collate`` trims each batch to its longest word and counts
 target tokens, so validation averages are per token.
 """
@@ -103,7 +105,7 @@ class Arabizi(DataModule):
     in <eos>. ``valid: null`` carves ``val_size`` pairs from train by ``seed``; ``limit`` keeps the first
     ``limit`` training pairs (quick runs and tests)."""
 
-    info_keys = ("src_vocab", "tgt_vocab")
+    info_keys = ("src_vocab", "tgt_vocab", "target_lexicon")
 
     def __init__(self, root: str = DEFAULT_ROOT, train: str = "train.tsv", valid: str | None = "valid.tsv",
                  val_size: int = 1000, limit: int | None = None, seed: int = 0):
@@ -125,9 +127,11 @@ class Arabizi(DataModule):
         else:
             self._val = None
         self._train = pairs[:limit] if limit else pairs
-        # vocabularies from the training pairs only: what the model can ever have learned
+        # vocabularies and the target lexicon (the Arabic words seen) from the training pairs only: what the
+        # model can ever have learned; never the validation words
         self.info = {"src_vocab": build_vocab(s for s, _ in self._train),
-                     "tgt_vocab": build_vocab(t for _, t in self._train)}
+                     "tgt_vocab": build_vocab(t for _, t in self._train),
+                     "target_lexicon": sorted({t for _, t in self._train})}
 
     def setup(self) -> Arabizi:
         val = self._val if self._val is not None else read_pairs(self.valid_path)
