@@ -64,6 +64,38 @@ def test_two_processes_take_the_step_of_one_process_on_both_shards(mnist_root, t
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_with_a_c10d_rendezvous_take_the_step_of_one_process(mnist_root, tmp_path):
+    """The multi-node form on one machine: two torchrun agents (one per "node") meet at a c10d rendezvous on
+    127.0.0.1; with one process each and batch 8, they end on the weights of one process with batch 16."""
+    cfg = os.path.abspath("configs/lenet.yaml")
+    plain = [*LENET, "model.dropout=0", "model.shift=0", "train.max_steps=3", "train.optimizer.name=sgd",
+             "train.optimizer.lr=0.1", "train.scheduler.name=none", f"data.root={os.path.abspath(mnist_root)}"]
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=zoo-multinode-test",
+         "-m", "zoo", "train", cfg, *plain, "train.batch_size=8", "--run-dir", "nodes", "--quiet"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [err[-1500:] for _, err in outputs]
+    one = fit(load_config(cfg, [*plain, "train.batch_size=16"]), tmp_path / "one")
+    two = model_state(tmp_path / "nodes")
+    for k, v in one.model.state_dict().items():
+        torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    # global rank 0 alone wrote the run and reported it: one TensorBoard file, one status line
+    assert len(list((tmp_path / "nodes").glob("events.out.tfevents.*"))) == 1
+    assert json.loads((tmp_path / "nodes" / "metrics.json").read_text())["step"] == 3
+    assert sum(out.count("stopped:") for out, _ in outputs) == 1
+
+
 def test_stopped_run_resumes_exactly_with_per_rank_random_streams(mnist_root, tmp_path):
     """Dropout and random shifts draw from each rank's own stream; last.pt carries all of them."""
     cfg = os.path.abspath("configs/lenet.yaml")
