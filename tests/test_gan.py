@@ -338,3 +338,15 @@ def test_lenet_features_and_shift_augmentation():
     y = random_shift(x, 2)
     assert y.shape == x.shape and y.sum() == x.sum()  # a translation: nothing falls off a centred blob
     assert torch.equal(random_shift(x, 0), x)
+    # every image is exactly one translation of the original by at most 2 px, and most of them really moved
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 9:19, 11:16] = 1  # a tall bar: each shift gives another image
+    y = random_shift(x, 2)
+    moved = 0
+    for i in range(len(x)):
+        fits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(y[i], torch.roll(x[i], (dy, dx), (1, 2)))]
+        assert len(fits) == 1, i
+        moved += fits[0] != (0, 0)
+    assert moved >= 48  # 24 of the 25 shifts move the image

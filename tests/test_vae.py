@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import small_vae_config
 from zoo import cli
+from zoo.checkpoint import load_run
 from zoo.config import load_config
 from zoo.losses import bits_per_dim
 from zoo.models.gaussian_ae import gaussian_baselines
@@ -115,6 +116,13 @@ def test_sample_and_eval_from_the_checkpoint_alone(mnist_root, tmp_path, capsys,
     first = out_png.read_bytes()
     assert cli.main(["sample", str(run), "-n", "16", "-o", str(out_png), "--seed", "3"]) == 0
     assert out_png.read_bytes() == first  # same seed, same picture
+    # another seed gives other images, and the temperature sets the spread of the latent draws
+    model, _, _ = load_run(run)
+    draw = lambda seed, t: model.sample(256, generator=torch.Generator().manual_seed(seed), temperature=t)  # noqa: E731
+    a, b = draw(3, 1.0), draw(4, 1.0)
+    assert not torch.equal(a, b)
+    cold, hot = draw(3, 0.1), draw(3, 2.0)
+    assert cold.std(0).mean() < a.std(0).mean() < hot.std(0).mean()  # spread across samples grows with t
     capsys.readouterr()
     assert cli.main(["eval", str(run), "--json", "--no-fid"]) == 0
     res = json.loads(capsys.readouterr().out)
