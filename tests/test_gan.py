@@ -60,9 +60,10 @@ def test_d_converges_to_d_star_with_g_frozen_to_identity(tmp_path, one_thread):
     tr = _fit_1d(tmp_path, "model.freeze_g_identity=true", "model.r1=0", "train.epochs=30", "train.optimizer.lr=3e-3")
     assert list(tr.optimizers) == ["d"]
     out = tr.model.evaluate(tr.data, Ctx())
-    assert out["w1"] == pytest.approx(1 / 6, abs=1e-3)  # G stayed the identity
     assert out["d_star_sup_error"] < 0.03, out
-    assert out["baseline_d_half_sup_error"] > 0.4
+    torch.manual_seed(0)  # the D this run started from: the trainer seeds with train.seed, then builds the model
+    start = create_model("gan1d", freeze_g_identity=True, r1=0.0).evaluate(tr.data, Ctx())
+    assert start["d_star_sup_error"] > 5 * out["d_star_sup_error"], (start, out)  # training did the work
     assert (tmp_path / "run" / "gan1d_curves.png").is_file()
 
 
@@ -72,7 +73,6 @@ def test_g_converges_to_g_star(tmp_path, one_thread):
     assert out["g_monotone"]
     assert out["w1"] <= 0.01 and out["l1_g_gstar"] <= 0.01, out
     assert out["ks"] < 0.05 and out["max_abs_g_gstar_0_0.99"] < 0.1, out
-    assert out["w1"] < out["baseline_identity_w1"] / 10
 
 
 # ---- generator losses -------------------------------------------------------------------------------------------
