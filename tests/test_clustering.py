@@ -200,11 +200,16 @@ def test_competitive_only_the_winner_moves_and_normalize_keeps_unit_weights():
     assert net.weight.data[0, 1] > 0 and net.weight.data[0].norm().item() == pytest.approx(1.0)
 
 
-def test_competitive_separates_blobs():
-    x, y, _ = blobs(per=40, noise=0.3)
+def test_competitive_learning_fixes_a_wrong_start():
+    """Every pair of units starts on the midpoint of two blobs, so the start mixes blobs; only the updates can
+    pull each unit onto a blob of its own."""
+    x, y, centers = blobs(per=40, noise=0.3)
     torch.manual_seed(0)
-    net = create_model("competitive", input_shape=(20,), k=10, eta=0.2, init="kmeans++")
-    net.on_fit_start(TinyData(x, y))
+    net = create_model("competitive", input_shape=(20,), k=10, eta=0.2)
+    midpoints = centers.view(5, 2, -1).sum(1).repeat_interleave(2, 0)
+    start = midpoints + 1e-4 * torch.randn(10, 20, generator=torch.Generator().manual_seed(0))  # break the ties
+    net.weight.data.copy_(torch.nn.functional.normalize(start, dim=1))
+    assert label_metrics(y, net.assign(x), 10)["acc"] < 0.85
     with torch.no_grad():
         for _ in range(3):
             net.training_step((x[torch.randperm(len(x))], y))
