@@ -318,6 +318,7 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["sample", str(run), "-o", str(tmp / "s.jpg")], ".png"),
         (["sample", str(run), "--temperature", "-1"], "temperature"),
         (["eval", str(run), "--checkpoint", "middle"], "--checkpoint"),
+        (["eval", str(run), "--data", str(tmp / "good.png")], "--data"),  # this model reads no files
         (["reconstruct", str(tmp / "missing")], "not found"),
         (["export", str(run), "-o", str(tmp / "w.bin")], "safetensors"),
         (["compress", str(tmp / "truncated.png"), "-o", str(tmp / "o.png")], "not an image"),
@@ -389,3 +390,5 @@ def test_translit_refuses_contradictory_options_in_one_line(translit_run, capsys
                          (["--checkpoint", "middle"], "--checkpoint")):
         err = one_line_error(capsys, main(["translit", str(translit_run), "ahlan", *argv]))
         assert needle in err, (argv, err)
+    err = one_line_error(capsys, main(["eval", str(translit_run), "--data", "/no/such/pairs.tsv"]))
+    assert "no such file" in err

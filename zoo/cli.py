@@ -32,6 +32,20 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _which(checkpoint: str) -> str:
+    """--checkpoint: last or best, else one line."""
+    if checkpoint not in ("last", "best"):
+        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    return checkpoint
+
+
+def _png(out: Path) -> Path:
+    """-o for image outputs: a .png, else one line."""
+    if out.suffix.lower() != ".png":
+        raise ZooError(f"-o {out}: write a .png file")
+    return out
+
+
 def require(model, capability: str, cfg: dict) -> None:
     """One line when a run's model lacks what the command needs."""
     if not callable(getattr(model, capability, None)):
@@ -109,8 +123,7 @@ def sample(
 
     model, cfg, _ = load_run(run, pick_device(device))
     require(model, "sample", cfg)
-    if out.suffix.lower() != ".png":
-        raise ZooError(f"-o {out}: write a .png file")
+    _png(out)
     images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature)
     save_png(images, out)
     print(f"wrote {n} samples to {out}")
@@ -134,8 +147,7 @@ def reconstruct(
 
     model, cfg, _ = load_run(run, pick_device(device))
     require(model, "reconstruct", cfg)
-    if out.suffix.lower() != ".png":
-        raise ZooError(f"-o {out}: write a .png file")
+    _png(out)
     data = create_data(**cfg["data"])
     x = next(data.batches("test", n, generator=torch.Generator().manual_seed(seed)))[0].to(model.device)
     with torch.no_grad():
@@ -164,10 +176,14 @@ def evaluate(
     from .data import create_data
     from .runtime import pick_device, seed_everything
 
-    if checkpoint not in ("last", "best"):
-        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    _which(checkpoint)
     dev = pick_device(device)
     model, cfg, ck = load_run(run, dev, which=checkpoint)
+    if data_path is not None and not model.evaluates_files:
+        raise ZooError(f"--data: model '{cfg['model']['name']}' evaluates on its own data split, not on a file; "
+                       f"drop --data")
+    if data_path is not None and not data_path.is_file():
+        raise ZooError(f"--data {data_path}: no such file")
     seed_everything(seed)
     data = create_data(**cfg["data"]).to(dev)
     path = find_checkpoint(run, checkpoint)
@@ -223,8 +239,7 @@ def translit(
     from .checkpoint import load_run
     from .runtime import pick_device
 
-    if checkpoint not in ("last", "best"):
-        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    _which(checkpoint)
     if temperature > 0 and ((beam or 1) > 1 or nbest > 1):
         raise ZooError("--temperature draws one candidate per word; drop --beam/--nbest to sample")
     model, cfg, _ = load_run(run, pick_device(device), which=checkpoint)
@@ -280,8 +295,7 @@ def export(
         raise ZooError(f"--format {fmt!r}: the only export format is safetensors")
     if out.suffix != ".safetensors":
         raise ZooError(f"-o {out}: name the file *.safetensors")
-    if checkpoint not in ("last", "best"):
-        raise ZooError(f"--checkpoint {checkpoint!r}: choose last or best")
+    _which(checkpoint)
     ck = load(find_checkpoint(run, checkpoint))
     export_safetensors(ck, out)
     print(f"wrote {out}: {len(ck['model'])} tensors of model '{ck['model_name']}' with its config")

@@ -24,6 +24,9 @@ class ZooModel(nn.Module):
     #: True for rule-based models: no optimizer is built and no backward pass is run.
     manual_update: bool = False
 
+    #: True when ``evaluate`` reads ``ctx.options["data"]`` (``zoo eval --data PATH``: held-out items in a file).
+    evaluates_files: bool = False
+
     # ---- training -------------------------------------------------------------------------------------------
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         """Parameters of each optimizer, by name. One optimizer named ``main`` unless overridden (GAN: d, g)."""

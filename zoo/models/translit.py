@@ -202,6 +202,8 @@ def token_nll(logits: torch.Tensor, tgt: torch.Tensor, smoothing: float = 0.0) -
 class TranslitRNN(ZooModel):
     """Character seq2seq with attention. ``src_vocab``/``tgt_vocab`` come from the data (and the checkpoint)."""
 
+    evaluates_files = True  # zoo eval --data PATH: word pairs from any file
+
     def __init__(self, src_vocab: Sequence[str], tgt_vocab: Sequence[str], emb: int = 64, hidden: int = 128,
                  layers: int = 1, cell: Literal["gru", "lstm"] = "gru",
                  attention: Literal["additive", "dot"] = "additive", dropout: float = 0.3,
