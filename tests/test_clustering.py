@@ -87,6 +87,43 @@ def test_step_with_unequal_cells_moves_each_centre_by_its_share():
     torch.testing.assert_close(net.centers.detach(), expected, atol=1e-5, rtol=0)
 
 
+def test_cluster_normalised_full_batch_sgd_step_is_one_lloyd_iteration_for_every_restart():
+    # unequal cells and centres started off the blobs: lr 1 must land each centre on its cell's mean, and
+    # each of the 3 restarts independently (Lloyd's algorithm from each start, one iteration)
+    x, y, true_centers = blobs(per=7, noise=0.8, seed=3)
+    g = torch.Generator().manual_seed(4)
+    starts = [true_centers + 0.9 * torch.randn(10, 20, generator=g) for _ in range(3)]
+    net = create_model("kmeans_net", input_shape=(20,), k=10, normalize="cluster", restarts=3,
+                       assign_grad=False)
+    with torch.no_grad():
+        net.centers.copy_(torch.cat(starts))
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    terms = net.training_step((x, y))
+    terms["loss"].backward()
+    opt.step()
+    got = net.centers.detach().view(3, 10, 20)
+    for r, start in enumerate(starts):
+        lloyd_one = lloyd(x, start, max_iter=1).centers
+        torch.testing.assert_close(got[r], lloyd_one, atol=1e-5, rtol=0)
+    assert not torch.allclose(got[0], got[1])  # the restarts really are separate
+    # the logged cost is restart 0's (the best by default) before the step
+    assert terms["inertia_per_image"].item() == pytest.approx(inertia(x, starts[0]) / len(x), rel=1e-4)
+
+
+def test_restarts_cluster_with_the_set_of_lowest_cost():
+    x, y, true_centers = blobs(per=6, noise=0.3, seed=5)
+    bad = true_centers.clone()
+    bad[1] = bad[0] + 0.01  # two centres on one blob: one blob left without a centre
+    net = create_model("kmeans_net", input_shape=(20,), k=10, restarts=2)
+    net.setup(TinyData(x, y))
+    with torch.no_grad():
+        net.centers.copy_(torch.cat([bad, true_centers]))
+    net.on_epoch_end(0)
+    assert int(net.best) == 1
+    torch.testing.assert_close(net.prototypes(), true_centers)
+    assert (net.assign(x) == y).all()
+
+
 def test_forward_returns_centre_minus_input():
     x, y, centers = blobs(per=3)
     net = create_model("kmeans_net", input_shape=(20,), k=10)

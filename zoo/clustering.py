@@ -101,11 +101,16 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
     trials = local_trials or 2 + int(math.log(k))
     first = torch.randint(n, (1,), generator=generator).item()
     centers = [x[first]]
-    closest = sq_distances(x, x[first:first + 1]).squeeze(1)
+    x_sq = x.pow(2).sum(1, keepdim=True)  # once, not once per centre: the GEMM is then the whole cost
+
+    def dist(c):
+        return (x_sq - 2 * x @ c.T + c.pow(2).sum(1)).clamp_min(0)
+
+    closest = dist(x[first:first + 1]).squeeze(1)
     for _ in range(1, k):
         probs = (closest / closest.sum()).cpu().double()
         candidates = torch.multinomial(probs, trials, replacement=True, generator=generator).to(x.device)
-        new_closest = torch.minimum(closest[:, None], sq_distances(x, x[candidates]))  # [N, trials]
+        new_closest = torch.minimum(closest[:, None], dist(x[candidates]))  # [N, trials]
         best = new_closest.sum(0).argmin()
         centers.append(x[candidates[best]])
         closest = new_closest[:, best]

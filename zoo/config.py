@@ -30,7 +30,10 @@ TRAIN = {
     "scheduler": SCHEDULER,
     "seed": 0,
     "device": "auto",
-    "precision": "fp32",
+    "precision": "fp32",  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, CUDA only)
+    "compile": "none",  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile the step
+    "channels_last": False,  # NHWC weights for conv nets (faster on GPUs with tensor cores)
+    "cudnn_benchmark": False,  # let cuDNN time its conv algorithms on the first batches (fixed shapes)
     "log_every": 50,  # steps between logged training scalars
     "ckpt_every": 0,  # steps between mid-epoch checkpoints; 0: at the end of each epoch only
     "max_steps": None,  # stop (with a checkpoint) after this many steps: quick runs, kill-and-resume tests
@@ -47,6 +50,7 @@ CHOICES = {
     "train.scheduler.name": ("none", "cosine", "step", "exponential"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
     "train.on_nonfinite": ("stop", "skip"),
 }
 NULLABLE = {"train.max_steps": 0, "train.grad_clip": 0.0}  # null, or a value of this type

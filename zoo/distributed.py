@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import torch
 
 from .errors import ZooError
+from .runtime import set_threads
 
 
 class Dist:
@@ -46,6 +47,7 @@ class Dist:
         import torch.distributed as dist
 
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
             if local_rank >= torch.cuda.device_count():

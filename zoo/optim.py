@@ -29,9 +29,14 @@ def build_optimizers(model, t: dict) -> tuple[dict[str, torch.optim.Optimizer], 
 
 
 def apply_update(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler, dist, grad_clip: float | None) -> None:
-    """Backpropagate ``loss`` into ``opt``'s parameters, average the gradients over processes, clip, step."""
-    params = [p for g in opt.param_groups for p in g["params"]]
+    """Backpropagate ``loss`` into ``opt``'s parameters, average the gradients over processes, clip, step.
+    A plain fp32 single-process step is exactly zero_grad, backward, step: nothing else runs per step."""
     opt.zero_grad(set_to_none=True)
+    if not scaler.is_enabled() and not dist.enabled and not grad_clip:
+        loss.backward()
+        opt.step()
+        return
+    params = [p for g in opt.param_groups for p in g["params"]]
     scaler.scale(loss).backward()
     dist.average_grads(params)
     if grad_clip:

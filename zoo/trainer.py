@@ -8,7 +8,6 @@ torchrun each process trains on its shard of that order and gradients are averag
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -24,7 +23,7 @@ from .errors import ConfigError, ZooError, suggest
 from .optim import apply_update, build_optimizers
 from .registry import create_model
 from .runlog import Progress, RunLog, new_run_dir
-from .runtime import StopRequests, pick_device, seed_everything
+from .runtime import StepWindow, StopRequests, autocast, pick_device, prepare_model, seed_everything
 
 
 def _check_metric(key: str, names: list[str]) -> None:
@@ -43,9 +42,7 @@ class Trainer:
         if not self.dist.is_main:  # one progress bar and one set of messages, from rank 0
             quiet, log = True, (lambda s: None)
         self.cfg, self.quiet, self.log = cfg, quiet, log
-        self.device = self.dist.device(pick_device(t["device"]))
-        if t["precision"] == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
+        self.device = self.dist.device(pick_device(t["device"], t["precision"]))
         chosen = (str(run_dir) if run_dir else str(new_run_dir(cfg["name"]))) if self.dist.is_main else None
         self.run_dir = Path(self.dist.broadcast_object(chosen))  # numbered once, by rank 0
         resume_ckpt, self.changes = ckpt_io.start_or_resume(self.run_dir, cfg, resume, allow_changes, self.log)
@@ -55,7 +52,8 @@ class Trainer:
         if resume_ckpt is not None:
             ckpt_io.check_data_info(resume_ckpt, self.data.info, self.run_dir)
         margs = {k: v for k, v in cfg["model"].items() if k != "name"}
-        self.model = create_model(cfg["model"]["name"], self.data.info, **margs).to(self.device)
+        self.model = prepare_model(create_model(cfg["model"]["name"], self.data.info, **margs).to(self.device), t,
+                                   self.device)
         if self.dist.enabled and self.model.manual_update:
             raise ZooError(f"model '{cfg['model']['name']}' updates by a rule, not by gradients, so its processes "
                            f"cannot average their steps; train it with plain zoo train (one process)")
@@ -65,6 +63,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
         self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped = 0, 0, 0, None, 0
+        self.window = StepWindow()  # terms since the last log, read there: no host sync inside a step
         self.best = math.inf
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
@@ -150,6 +149,7 @@ class Trainer:
     def save(self, which: str = "last") -> None:
         """Rank 0 writes. ``last`` is collective (all ranks call it at the same step); ``best`` is not. Before
         ``last``, metrics.json and the events are written up to this step: a crash loses no logged step."""
+        self.check_finite()
         state = self.state(all_ranks=which == "last")
         if not self.dist.is_main:
             return
@@ -166,26 +166,20 @@ class Trainer:
             raise ZooError(f"could not write {which}.pt in {directory} ({e.strerror or e}); the last good "
                            f"checkpoint (step {self.saved_step}) is kept; free the disk and resume") from None
 
-    def _nonfinite(self, terms: dict[str, torch.Tensor], optimizer: str) -> None:
-        """A NaN/inf loss: stop before it reaches the weights, or (``on_nonfinite: skip``) skip this update."""
-        bad = next((k for k, v in terms.items() if k != "loss" and not torch.isfinite(v).all()), "loss")
-        if self.cfg["train"]["on_nonfinite"] == "skip":
-            self.skipped += 1
+    def check_finite(self) -> None:
+        """A NaN/inf loss since the last check stops the run before any checkpoint holds it."""
+        if (found := self.window.first_nonfinite(self.dist, next(iter(self.optimizers), "main"))) is None:
             return
+        step, optimizer, bad, value = found
         where = f"last.pt at step {self.saved_step}" if self.saved_step is not None else "no checkpoint yet"
-        raise ZooError(f"step {self.step + 1}: loss term '{bad}' is {float(terms[bad].float().sum())} (optimizer "
+        raise ZooError(f"step {step}: loss term '{bad}' is {value} (optimizer "
                        f"'{optimizer}'); training stopped, keeping {where} in {self.run_dir}; lower the learning "
                        f"rate, or set train.on_nonfinite=skip to skip such batches")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
-    def _autocast(self):
-        p = self.cfg["train"]["precision"]
-        if p == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
-
     def train_step(self, batch) -> dict[str, torch.Tensor]:
-        """One batch: every optimizer of the model's schedule in turn. Returns detached terms (no host sync)."""
+        """One batch: every optimizer of the model's schedule in turn. Returns detached terms. No host sync,
+        except with ``on_nonfinite: skip``, which must read each loss before deciding to step."""
         model, t = self.model, self.cfg["train"]
         logged: dict[str, torch.Tensor] = {}
         schedule = model.update_schedule()
@@ -196,15 +190,14 @@ class Trainer:
                 with torch.no_grad():
                     terms = model.training_step(batch, optimizer=name)
             else:
-                with self._autocast():
+                with autocast(self.device, t["precision"]):
                     terms = model.training_step(batch, optimizer=name)
-                # one host sync per update: a non-finite loss must never reach the weights or the optimizer state
-                if self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
-                    self._nonfinite(terms, name)
+                if t["on_nonfinite"] == "skip" and self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
+                    self.skipped += 1
                     continue
                 apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
             for k, v in terms.items():
-                logged[prefix + k] = v.detach().float()
+                logged[prefix + k] = v.detach()
         return logged
 
     @torch.no_grad()
@@ -216,7 +209,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(12345)  # same validation noise every epoch: comparable numbers
         for batch in self.data.batches(self.data.val_split, self.cfg["train"]["eval_batch_size"], generator=gen):
             b = num_items(batch)
-            with self._autocast():
+            with autocast(self.device, self.cfg["train"]["precision"]):
                 terms = self.model.validation_step(batch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() * b
@@ -238,9 +231,8 @@ class Trainer:
         fresh = self.step == 0
         self.runlog.open(self.step, self.changes)
         self.model.train()
-        stop = StopRequests()
         try:
-            with stop:
+            with StopRequests() as stop:
                 status = self._loop(stop)
         except ConfigError:
             self.runlog.close()
@@ -273,24 +265,27 @@ class Trainer:
             order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch).to(self.device))
             n_batches = self.data.num_batches("train", bs, order)
             bar = Progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{t['epochs']}", not self.quiet)
-            sums: dict[str, torch.Tensor] = {}
-            count, seen, t0 = 0, 0, time.perf_counter()
+            self.window.clear()
+            seen, t0 = 0, time.perf_counter()
             for batch in self.data.batches("train", bs, order=order, skip=self.batch_in_epoch, generator=self.noise,
                                            augment=True):
-                terms = self.train_step(batch)
+                try:
+                    terms = self.train_step(batch)
+                except RuntimeError:  # a model that fails on weights a NaN reached: report the NaN, not this
+                    self.check_finite()
+                    raise
                 self.step += 1
                 self.model.on_train_batch_end(self.step)
                 self.batch_in_epoch += 1
                 seen = seen + num_items(batch)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0) + v
-                count += 1
+                self.window.add(self.step, terms)
                 if t["log_every"] and self.step % t["log_every"] == 0:
-                    values = self.dist.mean({k: (v / count).item() for k, v in sums.items()})
+                    self.check_finite()
+                    values = self.dist.mean(self.window.means())
                     rate = float(seen) * self.dist.world / (time.perf_counter() - t0)
                     self.runlog.train_scalars(values, self.step, self.epoch, rate)
                     bar.show(values, rate)
-                    sums, count = {}, 0
+                    self.window.clear()
                 bar.tick()
                 if t["ckpt_every"] and self.step % t["ckpt_every"] == 0:
                     self.save()
@@ -310,6 +305,7 @@ class Trainer:
 
     def end_epoch(self) -> None:
         """Epoch bookkeeping: model hook, validation, visuals, schedulers, checkpoints, metrics."""
+        self.check_finite()
         extra = self.model.on_epoch_end(self.epoch)
         self.dist.broadcast_module(self.model, buffers_only=True)  # batch-norm statistics follow rank 0
         row = {"epoch": self.epoch, "step": self.step, **{f"train/{k}": v for k, v in extra.items()},

@@ -9,6 +9,12 @@ step, and eta = 4.5 at B = 64 is the homework's bias/variance balance. In genera
 2 eta |V_i| / B of the way to m_i, which overshoots and grows once that fraction passes 2: with eta = 4.5 any
 cell holding more than 2/9 of a batch does, and on MNIST some do (the run diverges); eta < 1 is safe for
 every cell size, which is why configs/kmeans.yaml uses 0.9 with a decay.
+
+Two switches turn the same network into scikit-learn's KMeans(n_init=R) (configs/kmeans_lloyd.yaml):
+``normalize: cluster`` averages each centre's error over its own cell instead of the batch, so the step is
+C_i <- (1 - eta) C_i + eta m_i whatever the cell sizes, and eta = 1 on the full data set is exactly Lloyd's
+update; ``restarts: R`` trains R independent sets of k centres side by side in one matrix product, and the
+model clusters with the set whose k-means cost on the training data is lowest.
 """
 from __future__ import annotations
 
@@ -20,7 +26,6 @@ from torch import nn
 
 from ..clustering import ClusterModel, assign, inertia, kmeans_plus_plus, label_metrics, lloyd
 from ..errors import ConfigError
-from ..losses import mse
 from ..registry import register_model
 from .base import ZooModel
 
@@ -64,36 +69,62 @@ class KMeansNet(ClusterModel, ZooModel):
     """
 
     def __init__(self, input_shape=(1, 28, 28), k: int = 10, beta: float = 20.0, init: Literal["labels", "uniform", "samples", "kmeans++"] = "samples",
-                 assign_grad: bool = True):
+                 assign_grad: bool = True, normalize: Literal["batch", "cluster"] = "batch", restarts: int = 1):
         super().__init__()
-        if k < 1 or beta <= 0:
-            raise ValueError("need k >= 1 and beta > 0")
-        if init not in INITS:
-            raise ValueError(f"init={init!r} is not one of: {', '.join(INITS)}")
+        if not 1 <= k <= 4096 or beta <= 0 or not 1 <= restarts <= 64:
+            raise ValueError("need 1 <= k <= 4096, beta > 0 and 1 <= restarts <= 64")
+        if init not in INITS or normalize not in ("batch", "cluster"):
+            raise ValueError(f"init={init!r} must be one of {', '.join(INITS)}; normalize={normalize!r} batch or cluster")
         self.k, self.beta, self.init, self.assign_grad = k, beta, init, assign_grad
+        self.normalize, self.restarts = normalize, restarts
         self.image_shape = tuple(input_shape)
         d = math.prod(self.image_shape)
-        self.centers = nn.Parameter(torch.zeros(k, d))
+        if restarts * k * d > 2**28:
+            raise ValueError(f"restarts * k * input size = {restarts * k * d} is too large (at most 2^28 weights)")
+        self.centers = nn.Parameter(torch.zeros(restarts * k, d))  # R sets of k centres, one after the other
         self.flatten = nn.Flatten()
-        self.softmax = nn.Softmax(dim=1)
-        self.register_buffer("init_centers", torch.zeros(k, d))  # kept for eval's Lloyd-from-the-same-init
+        self.softmax = nn.Softmax(dim=-1)
+        self.register_buffer("init_centers", torch.zeros(restarts * k, d))  # for eval's Lloyd-from-the-same-init
+        self.register_buffer("best", torch.zeros((), dtype=torch.long))  # the restart the model clusters with
         self._train_x: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction error, [B, D] (one set of centres) or [R, B, D] (R restarts)."""
         x0 = self.flatten(x)
         a = torch.matmul(x0, self.centers.t()) - 0.5 * torch.sum(self.centers ** 2, 1).flatten()
-        p = self.softmax(self.beta * a)
-        if not self.assign_grad:
-            p = p.detach()
-        return p @ self.centers - x0
+        if self.restarts == 1:
+            p = self.softmax(self.beta * a)
+            return (p.detach() if not self.assign_grad else p) @ self.centers - x0
+        p = self.softmax(self.beta * a.view(len(x0), self.restarts, self.k)).transpose(0, 1)  # [R, B, k]
+        p = p.detach() if not self.assign_grad else p
+        return torch.bmm(p, self.centers.view(self.restarts, self.k, -1)) - x0
 
     def training_step(self, batch, optimizer="main"):
         x, _ = batch
-        err = self(x)
+        if self.normalize == "cluster":
+            return self._cluster_step(x.flatten(1))
         # summed over pixels, averaged over the batch: the reduction that makes SGD's step the formula above
-        loss = mse(err, torch.zeros_like(err)).mean()
+        loss = self(x).pow(2).sum(-1).mean(-1).sum()  # restarts add up: each set of centres gets its own step
         with torch.no_grad():  # the hard k-means cost per image, the quantity eval's inertia sums
-            hard = (x.flatten(1) - self.centers[self.assign(x.flatten(1))]).pow(2).sum(1).mean()
+            hard = (x.flatten(1) - self.prototypes()[self.assign(x.flatten(1))]).pow(2).sum(1).mean()
+        return {"loss": loss, "inertia_per_image": hard}
+
+    def _cluster_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``normalize: cluster`` in GEMM form: sum_b w_b sum_i p_bi ||x_b - C_i||^2 with ||x - C_i||^2 read off
+        the first layer as ||x||^2 - 2 a_i (the reconstruction error, when p is one-hot, with no [B, D] tensor),
+        and w_b = 1 / (2 n_i) for b's nearest centre i. Its gradient for C_i is C_i - m_i: SGD with lr 1 on the
+        whole data set is one Lloyd iteration for every restart at once."""
+        a = (x @ self.centers.t() - 0.5 * self.centers.pow(2).sum(1)).view(len(x), self.restarts, self.k)
+        with torch.no_grad():
+            labels = a.argmax(-1)  # [B, R]
+            counts = torch.zeros(self.restarts, self.k, dtype=x.dtype, device=x.device)
+            counts.scatter_add_(1, labels.T, torch.ones_like(labels.T, dtype=x.dtype))
+            w = 0.5 / counts.gather(1, labels.T).T  # [B, R]
+        # the assignment held constant is the softmax's beta -> infinity limit, the argmax: near-ties stay exact
+        p = self.softmax(self.beta * a) if self.assign_grad else nn.functional.one_hot(labels, self.k).to(x.dtype)
+        dist = x.pow(2).sum(1)[:, None, None] - 2 * a  # [B, R, k]
+        loss = (w[..., None] * p * dist).sum()
+        hard = dist.detach().gather(2, labels[..., None])[:, self.best, 0].mean()
         return {"loss": loss, "inertia_per_image": hard}
 
     # ---- fitting hooks ----------------------------------------------------------------------------------------
@@ -104,7 +135,7 @@ class KMeansNet(ClusterModel, ZooModel):
         """Initial centres from the training split, drawn from torch's global RNG (the trainer seeds it)."""
         x, y = data.tensors("train")
         with torch.no_grad():
-            c = init_centers(self.init, x.flatten(1), y, self.k)
+            c = torch.cat([init_centers(self.init, x.flatten(1), y, self.k) for _ in range(self.restarts)])
             self.centers.copy_(c)
             self.init_centers.copy_(c)
 
@@ -113,25 +144,29 @@ class KMeansNet(ClusterModel, ZooModel):
         if self._train_x is None:  # used outside the trainer, without setup()
             return {}
         x = self._train_x
+        if self.restarts > 1:  # cluster with the restart whose centres cost least on the training data
+            sets = self.centers.detach().view(self.restarts, self.k, -1)
+            self.best.fill_(min(range(self.restarts), key=lambda r: inertia(x, sets[r])))
         labels = self.assign(x)
         counts = torch.bincount(labels, minlength=self.k)
-        return {"inertia_per_image_full": inertia(x, self.centers.detach(), labels) / len(x),
+        return {"inertia_per_image_full": inertia(x, self.prototypes(), labels) / len(x),
                 "empty_clusters": float((counts == 0).sum())}
 
     # ---- clustering interface ---------------------------------------------------------------------------------
     def assign(self, x: torch.Tensor) -> torch.Tensor:
-        return assign(x, self.centers.detach())
+        return assign(x, self.prototypes())
 
     def prototypes(self) -> torch.Tensor:
-        return self.centers.detach()
+        """The k centres the model clusters with (the best restart's)."""
+        return self.centers.detach().view(self.restarts, self.k, -1)[self.best]
 
     def extra_metrics(self, x, y, data, ctx) -> dict[str, Any]:
         """The model's own inertia (its centres, nearest-centre cells) and Lloyd's from the model's init."""
-        out = {"inertia": inertia(x, self.centers.detach()), "init": self.init}
+        out = {"inertia": inertia(x, self.prototypes()), "init": self.init, "restarts": self.restarts}
         out["inertia_per_image"] = out["inertia"] / len(x)
         if self.init_centers.abs().sum() > 0 and ctx.baselines:
             ctx.log(f"Lloyd's algorithm from the model's own {self.init} init")
-            res = lloyd(x, self.init_centers, max_iter=1000)
+            res = lloyd(x, self.init_centers.view(self.restarts, self.k, -1)[self.best], max_iter=1000)
             out["lloyd_from_init"] = {"inertia": res.inertia, "iterations": res.iterations,
                                       "converged": res.converged, **label_metrics(y, res.labels, self.k)}
         return out

@@ -1,0 +1,112 @@
+"""Speed options and the per-step contract, checked on the CPU: no host read inside a training step, bf16
+autocast, channels_last, compiled steps whose checkpoints load into a plain model, threads, and the bench."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import small_vae_config
+from zoo import checkpoint as ckpt_io
+from zoo.config import load_config
+from zoo.registry import create_model
+from zoo.runtime import StopRequests, set_threads
+from zoo.trainer import Trainer, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lenet_config(root, **train):
+    return load_config({"name": "l", "model": {"name": "lenet", "conv1": 8, "conv2": 16, "hidden": 32},
+                        "data": {"name": "mnist", "root": str(root), "limit": 256, "val_size": 100},
+                        "train": {"epochs": 1, "batch_size": 32, "seed": 1, "device": "cpu", "log_every": 4,
+                                  **train}})
+
+
+def test_a_training_step_reads_nothing_back_to_the_host_between_logs(mnist_root, tmp_path, monkeypatch):
+    """Host reads (item, bool, float, tolist) by zoo's code happen only at logging steps; the 3 steps in between
+    read none. (Adam's CPU kernel reads its own step counter, a CPU tensor even when training on a GPU.)"""
+    tr = Trainer(load_config(small_vae_config(mnist_root, log_every=4, max_steps=8)), tmp_path / "r", quiet=True)
+    tr.runlog.open(0, {})
+    reads: list[tuple[int, str]] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, _name=name, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            if f"{os.sep}zoo{os.sep}" in caller:
+                reads.append((tr.step, _name, Path(caller).name))
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    tr._loop(StopRequests())
+    monkeypatch.undo()
+    tr.runlog.close()
+    steps_with_reads = sorted({s for s, _, _ in reads})
+    assert tr.step == 8 and steps_with_reads and set(steps_with_reads) <= {4, 8}, reads
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_stays_close_to_fp32(mnist_root, tmp_path):
+    full = fit(lenet_config(mnist_root), tmp_path / "a")
+    half = fit(lenet_config(mnist_root, precision="bf16"), tmp_path / "b")
+    a, b = full.metrics["epochs"][-1]["val/loss"], half.metrics["epochs"][-1]["val/loss"]
+    first = full.metrics["history"][0]["loss"]
+    assert half.metrics["status"] == "finished" and a < first and b < first  # both learned
+    assert a != b and abs(a - b) < 0.05 * a  # bf16 really ran, and it is the same training
+
+
+def test_channels_last_gives_the_same_training_and_nhwc_weights(mnist_root, tmp_path):
+    plain = fit(lenet_config(mnist_root, max_steps=3), tmp_path / "a")
+    nhwc = fit(lenet_config(mnist_root, max_steps=3, channels_last=True), tmp_path / "b")
+    conv = next(p for p in nhwc.model.parameters() if p.dim() == 4 and p.shape[1] > 1)  # C_in = 1 is both
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for (k, a), b in zip(plain.model.state_dict().items(), nhwc.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
+
+
+def test_a_compiled_run_saves_plain_keys_that_load_into_an_uncompiled_model(tmp_path):
+    cfg = load_config({"name": "c", "model": {"name": "linear_regression"},
+                       "data": {"name": "synthetic_regression", "n": 256, "dim": 3},
+                       "train": {"epochs": 1, "batch_size": 64, "device": "cpu", "compile": "default",
+                                 "max_steps": 2}})  # one compiled graph: no validation, no partial batch
+    tr = fit(cfg, tmp_path / "r")
+    assert hasattr(tr.model.training_step, "_torchdynamo_orig_callable") or "compile" in repr(tr.model.training_step)
+    ck = ckpt_io.load(tmp_path / "r" / "checkpoints" / "last.pt")
+    plain = create_model("linear_regression", ck["data_info"])
+    plain.load_state_dict(ck["model"])  # strict: no _orig_mod. prefixes
+    for (k, a), b in zip(tr.model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_processes_sharing_a_machine_share_its_cores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        set_threads(local_world=max(2, os.cpu_count() or 1))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+        set_threads(local_world=2)  # an explicit OMP_NUM_THREADS wins
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_bench_harness_times_three_loops_and_the_phases_of_a_short_run(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "configs/gan1d.yaml", "--rounds", "2",
+                           "--window", "0.05", "--steps", "5", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(out.read_text())["configs"]["configs/gan1d.yaml"]
+    thr = row["items_per_s"]
+    assert set(thr) == {"zoo", "minimal", "dataloader"} and min(thr.values()) > 0
+    assert row["ratio_vs_minimal"] == pytest.approx(thr["zoo"] / thr["minimal"])
+    phases = row["whole_run"]
+    assert phases["num_steps"] == 5 and phases["steps"] > 0 and phases["validation"] > 0
+    assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k not in ("total", "num_steps")))
