@@ -8,6 +8,7 @@ from . import arabizi  # noqa: F401
 from . import gaussian  # noqa: F401
 from . import homework  # noqa: F401
 from . import mnist  # noqa: F401
+from . import mnist_points  # noqa: F401
 from . import regression  # noqa: F401
 from . import spectrum  # noqa: F401
 from . import triangle  # noqa: F401

@@ -7,3 +7,4 @@ from . import competitive  # noqa: F401
 from . import mixture  # noqa: F401
 from . import linear  # noqa: F401
 from . import translit  # noqa: F401
+from . import pointnet  # noqa: F401
