@@ -6,8 +6,10 @@ from .base import (Batch, DataModule, build_data, create_data, data_class, data_
                    num_items, register_data)
 from . import arabizi  # noqa: F401
 from . import gaussian  # noqa: F401
+from . import graph_disturbance  # noqa: F401
 from . import homework  # noqa: F401
 from . import mnist  # noqa: F401
+from . import mnist_superpixels  # noqa: F401
 from . import mnist_points  # noqa: F401
 from . import regression  # noqa: F401
 from . import spectrum  # noqa: F401

@@ -177,6 +177,11 @@ class DataModule:
         metrics are defined on it). Datasets without such a set return the train split."""
         return self.tensors("train")
 
+    def baselines(self, split: str) -> dict[str, float]:
+        """Scores of reference methods the data itself defines on ``split`` (a Bayes-optimal rule, say), for a
+        model's ``evaluate`` to report beside its own; none by default."""
+        return {}
+
     # ---- batching --------------------------------------------------------------------------------------------
     def transform(self, split: str, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Per-batch transform of the first tensor on every split (dequantisation noise, say); identity here."""

@@ -7,4 +7,5 @@ from . import competitive  # noqa: F401
 from . import mixture  # noqa: F401
 from . import linear  # noqa: F401
 from . import translit  # noqa: F401
+from . import graph_transformer  # noqa: F401
 from . import pointnet  # noqa: F401
