@@ -4,7 +4,8 @@ For each config, three loops train the same model (same batch size, optimizer, p
 same config, interleaved in one process so machine noise hits all three alike:
 
   zoo         the real Trainer loop (logging, NaN checks, stop requests, data order, augmentation)
-  minimal     a hand-written loop over the same in-memory tensors: index, collate, step (the eager limit)
+  minimal     a hand-written loop over the same in-memory tensors: index, collate, step, the learning-rate
+              schedule each epoch and the loss read every log_every steps (pytorch/examples' log_interval)
   dataloader  the pytorch/examples way: torchvision.datasets.MNIST + ToTensor + DataLoader for MNIST configs,
               a Dataset + DataLoader over the same tensors otherwise (num_workers 0 on CPU, 1 + pinned on CUDA)
 
@@ -72,7 +73,8 @@ class MinimalLoop:
         self.model.setup(self.data)
         self.model.on_fit_start(self.data)
         self.model.train()
-        self.optimizers = build_optimizers(self.model, t)[0]
+        self.optimizers, self.schedulers = build_optimizers(self.model, t)
+        self.log_every, self.shown = t["log_every"], 0.0
         self.schedule = self.model.update_schedule()
         self.clip = t["grad_clip"]
         self.gen = torch.Generator().manual_seed(t["seed"] + 1)
@@ -85,8 +87,13 @@ class MinimalLoop:
             for start in range(0, n, self.bs):
                 idx = perm[start:start + self.bs]
                 yield tuple(p[idx] for p in parts)
-            self.model.on_epoch_end(epoch)
+            self.end_epoch(epoch)
             epoch += 1
+
+    def end_epoch(self, epoch: int) -> None:
+        self.model.on_epoch_end(epoch)
+        for s in self.schedulers.values():
+            s.step()
 
     def make_batch(self, parts):
         batch = self.data.augment(self.data.collate("train", parts, self.gen), self.gen)
@@ -101,7 +108,7 @@ class MinimalLoop:
         for name in self.schedule:
             if model.manual_update:
                 with torch.no_grad():
-                    model.training_step(batch, optimizer=name)
+                    loss = model.training_step(batch, optimizer=name)["loss"]
                 continue
             with autocast(self.device, self.precision):
                 loss = model.training_step(batch, optimizer=name)["loss"]
@@ -113,6 +120,8 @@ class MinimalLoop:
             opt.step()
         self.step += 1
         model.on_train_batch_end(self.step)
+        if self.log_every and self.step % self.log_every == 0:
+            self.shown = loss.item()  # what a hand-written loop prints
 
     def run(self, k: int) -> int:
         """``k`` steps; returns the number of items (rows) trained on."""
@@ -152,7 +161,7 @@ class DataLoaderLoop(MinimalLoop):
         while True:
             for parts in self.loader:
                 yield tuple(p.to(self.device, non_blocking=True) for p in parts)
-            self.model.on_epoch_end(epoch)
+            self.end_epoch(epoch)
             epoch += 1
 
 

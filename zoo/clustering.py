@@ -95,26 +95,30 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int = 300) -> LloydR
 
 
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                     local_trials: int | None = None) -> torch.Tensor:
-    """Greedy k-means++ seeding (as scikit-learn): each new centre is the best of ``2 + ln k`` D^2-draws."""
+                     local_trials: int | None = None, restarts: int = 1) -> torch.Tensor:
+    """Greedy k-means++ seeding (as scikit-learn): each new centre is the best of ``2 + ln k`` D^2-draws.
+    ``restarts`` independent seedings share each pass over ``x`` (one GEMM): [k, D], or [restarts, k, D]."""
     n = len(x)
     trials = local_trials or 2 + int(math.log(k))
-    first = torch.randint(n, (1,), generator=generator).item()
-    centers = [x[first]]
+    first = torch.cat([torch.randint(n, (1,), generator=generator) for _ in range(restarts)]).to(x.device)
+    centers = [x[first]]  # [R, D] per round
     x_sq = x.pow(2).sum(1, keepdim=True)  # once, not once per centre: the GEMM is then the whole cost
 
     def dist(c):
         return (x_sq - 2 * x @ c.T + c.pow(2).sum(1)).clamp_min(0)
 
-    closest = dist(x[first:first + 1]).squeeze(1)
+    closest = dist(x[first])  # [N, R]
     for _ in range(1, k):
-        probs = (closest / closest.sum()).cpu().double()
-        candidates = torch.multinomial(probs, trials, replacement=True, generator=generator).to(x.device)
-        new_closest = torch.minimum(closest[:, None], dist(x[candidates]))  # [N, trials]
-        best = new_closest.sum(0).argmin()
-        centers.append(x[candidates[best]])
-        closest = new_closest[:, best]
-    return torch.stack(centers)
+        probs = (closest / closest.sum(0)).T.cpu().double()  # [R, N]
+        candidates = torch.cat([torch.multinomial(p, trials, replacement=True, generator=generator)
+                                for p in probs]).to(x.device)  # [R * trials]
+        new_closest = torch.minimum(closest[:, :, None], dist(x[candidates]).view(n, restarts, trials))
+        best = new_closest.sum(0).argmin(1)  # [R]
+        rows = torch.arange(restarts, device=x.device)
+        centers.append(x[candidates.view(restarts, trials)[rows, best]])
+        closest = new_closest[:, rows, best]
+    out = torch.stack(centers, 1)  # [R, k, D]
+    return out[0] if restarts == 1 else out
 
 
 # ---- label-based metrics ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm import tqdm
 
 from . import visuals as vis
 from .config import dump
@@ -28,8 +29,6 @@ class Progress:
     """One epoch's progress bar on stderr (tqdm): batches, the latest loss and items/s; nothing when quiet."""
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool):
-        from tqdm import tqdm
-
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False) \
             if enabled else None
 
@@ -112,13 +111,18 @@ class RunLog:
         self.writer.flush()
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
+        """A step's scalars as one TensorBoard event: one protobuf and one queue write, not one per scalar."""
+        if not values or isinstance(self.writer, _NoWriter):
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import scalar
+
+        merged = Summary(value=[v for k, x in values.items() for v in scalar(k, float(x)).value])
+        self.writer._get_file_writer().add_summary(merged, step)
 
     def train_scalars(self, values: dict[str, float], step: int, epoch: int, rate: float) -> None:
         """Averaged training terms every ``log_every`` steps, with the throughput (items/s)."""
-        self.scalars({f"train/{k}": v for k, v in values.items()}, step)
-        self.writer.add_scalar("train/items_per_s", rate, step)
+        self.scalars({**{f"train/{k}": v for k, v in values.items()}, "train/items_per_s": rate}, step)
         self.history.append({"step": step, "epoch": epoch, **values})
 
     def epoch_row(self, row: dict[str, Any]) -> None:

@@ -58,9 +58,12 @@ class Trainer:
             raise ZooError(f"model '{cfg['model']['name']}' updates by a rule, not by gradients, so its processes "
                            f"cannot average their steps; train it with plain zoo train (one process)")
         self.optimizers, self.schedulers = build_optimizers(self.model, t)  # checks train.optimizers' groups
+        self.schedule = self.model.update_schedule()  # asked once: the default walks the parameters
+        self.several = len(set(self.schedule)) > 1
         self._load_data()
 
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
+        self.autocast = autocast(self.device, t["precision"])  # one context, entered once per step
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
         self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped = 0, 0, 0, None, 0
         self.window = StepWindow()  # terms since the last log, read there: no host sync inside a step
@@ -182,22 +185,19 @@ class Trainer:
         except with ``on_nonfinite: skip``, which must read each loss before deciding to step."""
         model, t = self.model, self.cfg["train"]
         logged: dict[str, torch.Tensor] = {}
-        schedule = model.update_schedule()
-        several = len(set(schedule)) > 1
+        schedule, several = self.schedule, self.several
         for name in schedule:
-            prefix = f"{name}/" if several else ""
             if model.manual_update:
                 with torch.no_grad():
                     terms = model.training_step(batch, optimizer=name)
             else:
-                with autocast(self.device, t["precision"]):
+                with self.autocast:
                     terms = model.training_step(batch, optimizer=name)
                 if t["on_nonfinite"] == "skip" and self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
                     self.skipped += 1
                     continue
                 apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
-            for k, v in terms.items():
-                logged[prefix + k] = v.detach()
+            logged.update({f"{name}/{k}" if several else k: v.detach() for k, v in terms.items()})
         return logged
 
     @torch.no_grad()
@@ -209,7 +209,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(12345)  # same validation noise every epoch: comparable numbers
         for batch in self.data.batches(self.data.val_split, self.cfg["train"]["eval_batch_size"], generator=gen):
             b = num_items(batch)
-            with autocast(self.device, self.cfg["train"]["precision"]):
+            with self.autocast:
                 terms = self.model.validation_step(batch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() * b
@@ -257,7 +257,7 @@ class Trainer:
     def _loop(self, stop: StopRequests) -> str:
         """Epochs until done, ``max_steps`` (status "stopped") or a stop request ("interrupted")."""
         t = self.cfg["train"]
-        bs = t["batch_size"]
+        bs, log_every, ckpt_every, max_steps = t["batch_size"], t["log_every"], t["ckpt_every"], t["max_steps"]
         status = "finished"
         while self.epoch < t["epochs"]:
             if self.dist.any(stop.requested is not None):
@@ -279,7 +279,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 seen = seen + num_items(batch)
                 self.window.add(self.step, terms)
-                if t["log_every"] and self.step % t["log_every"] == 0:
+                if log_every and self.step % log_every == 0:
                     self.check_finite()
                     values = self.dist.mean(self.window.means())
                     rate = float(seen) * self.dist.world / (time.perf_counter() - t0)
@@ -287,9 +287,9 @@ class Trainer:
                     bar.show(values, rate)
                     self.window.clear()
                 bar.tick()
-                if t["ckpt_every"] and self.step % t["ckpt_every"] == 0:
+                if ckpt_every and self.step % ckpt_every == 0:
                     self.save()
-                if t["max_steps"] and self.step >= t["max_steps"]:
+                if max_steps and self.step >= max_steps:
                     status = "stopped"
                     break
                 if self.dist.any(stop.requested is not None):

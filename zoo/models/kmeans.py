@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..clustering import ClusterModel, assign, inertia, kmeans_plus_plus, label_metrics, lloyd
+from ..clustering import CHUNK, ClusterModel, assign, inertia, kmeans_plus_plus, label_metrics, lloyd
 from ..errors import ConfigError
 from ..registry import register_model
 from .base import ZooModel
@@ -33,8 +33,12 @@ INITS = ("labels", "uniform", "samples", "kmeans++")
 
 
 def init_centers(kind: str, x: torch.Tensor, y: torch.Tensor | None, k: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Initial centres [k, D] from flattened training rows ``x`` (and labels ``y`` for ``labels``)."""
+                 generator: torch.Generator | None = None, restarts: int = 1) -> torch.Tensor:
+    """Initial centres [restarts * k, D] from flattened training rows ``x`` (and labels ``y`` for ``labels``)."""
+    if kind == "kmeans++":  # the restarts share each pass over the data
+        return kmeans_plus_plus(x, k, generator, restarts=restarts).reshape(restarts * k, -1)
+    if restarts > 1:
+        return torch.cat([init_centers(kind, x, y, k, generator) for _ in range(restarts)])
     if kind == "labels":  # the homework's "cheat": centre i is a random training image of digit i
         classes = int(y.max()) + 1 if y is not None else 0
         if classes != k:
@@ -48,8 +52,6 @@ def init_centers(kind: str, x: torch.Tensor, y: torch.Tensor | None, k: int,
         return torch.rand(k, x.shape[1], generator=generator).to(x)
     if kind == "samples":
         return x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
-    if kind == "kmeans++":
-        return kmeans_plus_plus(x, k, generator)
     raise ConfigError(f"model.init={kind!r} is not one of: {', '.join(INITS)}")
 
 
@@ -135,7 +137,7 @@ class KMeansNet(ClusterModel, ZooModel):
         """Initial centres from the training split, drawn from torch's global RNG (the trainer seeds it)."""
         x, y = data.tensors("train")
         with torch.no_grad():
-            c = torch.cat([init_centers(self.init, x.flatten(1), y, self.k) for _ in range(self.restarts)])
+            c = init_centers(self.init, x.flatten(1), y, self.k, restarts=self.restarts)
             self.centers.copy_(c)
             self.init_centers.copy_(c)
 
@@ -144,13 +146,29 @@ class KMeansNet(ClusterModel, ZooModel):
         if self._train_x is None:  # used outside the trainer, without setup()
             return {}
         x = self._train_x
-        if self.restarts > 1:  # cluster with the restart whose centres cost least on the training data
-            sets = self.centers.detach().view(self.restarts, self.k, -1)
-            self.best.fill_(min(range(self.restarts), key=lambda r: inertia(x, sets[r])))
-        labels = self.assign(x)
+        if self.restarts == 1:
+            labels = self.assign(x)
+            cost = inertia(x, self.prototypes(), labels)
+        else:  # cluster with the restart whose centres cost least on the training data
+            cost, labels = self._best_restart(x)
         counts = torch.bincount(labels, minlength=self.k)
-        return {"inertia_per_image_full": inertia(x, self.prototypes(), labels) / len(x),
-                "empty_clusters": float((counts == 0).sum())}
+        return {"inertia_per_image_full": cost / len(x), "empty_clusters": float((counts == 0).sum())}
+
+    @torch.no_grad()
+    def _best_restart(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Every restart's k-means cost in one GEMM pass over ``x`` (||x - C_i||^2 = ||x||^2 - 2 a_i); sets
+        ``best`` and returns its cost and labels."""
+        c = self.centers.detach()
+        half = 0.5 * c.pow(2).sum(1)
+        costs = torch.zeros(self.restarts, dtype=torch.float64, device=x.device)
+        labels = []
+        for i in range(0, len(x), CHUNK):
+            rows = x[i:i + CHUNK]
+            top, arg = (rows @ c.T - half).view(len(rows), self.restarts, self.k).max(-1)  # [n, R]
+            costs += (rows.pow(2).sum(1, keepdim=True) - 2 * top).double().sum(0)
+            labels.append(arg)
+        self.best.fill_(int(costs.argmin()))
+        return float(costs[self.best]), torch.cat(labels)[:, self.best]
 
     # ---- clustering interface ---------------------------------------------------------------------------------
     def assign(self, x: torch.Tensor) -> torch.Tensor:
