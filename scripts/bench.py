@@ -393,11 +393,13 @@ def main() -> None:
                   f"kmeans_net reached within 0.1%: {k['kmeans_net']['reached']}; ratio {k['ratio_sklearn_over_net']}")
         else:
             paths = args.configs or sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml"))
+            overrides = [f"train.device={device.type}", *args.set]
+            configs = {path: load_config(str(ROOT / path) if not Path(path).is_absolute() else path, overrides)
+                       for path in paths}  # every config checked before the first measurement
             print(f"{'config':28s} {'zoo':>10s} {'minimal':>10s} {'loader':>10s} {'zoo/min':>8s} {'zoo/ldr':>8s} "
                   f"{'MFLOP/it':>9s}   whole run (s)", flush=True)
             for i, path in enumerate(paths):
-                overrides = [f"train.device={device.type}", *args.set]
-                cfg = load_config(str(ROOT / path) if not Path(path).is_absolute() else path, overrides)
+                cfg = configs[path]
                 row = steady_state(cfg, device, args.rounds, args.window, Path(tmp) / f"s{i}")
                 if not args.no_whole_run:  # about --run-seconds of steps, at least 5
                     steps = max(5, min(args.steps, round(args.run_seconds / row["seconds_per_step"])))
@@ -417,4 +419,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from zoo.errors import ZooError
+
+    try:
+        main()
+    except ZooError as e:  # a wrong config path, key or value: one line and exit status 2, as `zoo` does
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

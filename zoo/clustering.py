@@ -32,9 +32,11 @@ def one_thread():
 
 
 # ---- distances, assignments, Lloyd's algorithm -----------------------------------------------------------------
-def sq_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """||x_n - c_i||^2 [N, k] via ||x||^2 - 2 x.c + ||c||^2 (clamped: rounding can go slightly negative)."""
-    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_min(0)
+def sq_distances(x: torch.Tensor, centers: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """||x_n - c_i||^2 [N, k] via ||x||^2 - 2 x.c + ||c||^2 (clamped: rounding can go slightly negative);
+    ``x_sq`` = ||x||^2 [N, 1] when the caller computes it once for many calls."""
+    x_sq = x.pow(2).sum(1, keepdim=True) if x_sq is None else x_sq
+    return (x_sq - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_min(0)
 
 
 def assign(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
@@ -103,16 +105,12 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
     first = torch.cat([torch.randint(n, (1,), generator=generator) for _ in range(restarts)]).to(x.device)
     centers = [x[first]]  # [R, D] per round
     x_sq = x.pow(2).sum(1, keepdim=True)  # once, not once per centre: the GEMM is then the whole cost
-
-    def dist(c):
-        return (x_sq - 2 * x @ c.T + c.pow(2).sum(1)).clamp_min(0)
-
-    closest = dist(x[first])  # [N, R]
+    closest = sq_distances(x, x[first], x_sq)  # [N, R]
     for _ in range(1, k):
         probs = (closest / closest.sum(0)).T.cpu().double()  # [R, N]
         candidates = torch.cat([torch.multinomial(p, trials, replacement=True, generator=generator)
                                 for p in probs]).to(x.device)  # [R * trials]
-        new_closest = torch.minimum(closest[:, :, None], dist(x[candidates]).view(n, restarts, trials))
+        new_closest = torch.minimum(closest[:, :, None], sq_distances(x, x[candidates], x_sq).view(n, restarts, trials))
         best = new_closest.sum(0).argmin(1)  # [R]
         rows = torch.arange(restarts, device=x.device)
         centers.append(x[candidates.view(restarts, trials)[rows, best]])

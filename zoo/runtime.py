@@ -1,6 +1,8 @@
 """Process-level helpers shared by the trainer and the CLI: device choice, seeding, stop requests."""
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import threading
@@ -59,8 +61,6 @@ class StopRequests:
 def autocast(device: torch.device, precision: str):
     """The step's autocast context. Models keep fragile terms (log-determinants, log-softmax, FPS/kNN
     distances) in fp32 by computing them outside autocast or in float64 themselves."""
-    import contextlib
-
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -84,11 +84,8 @@ def prepare_model(model: torch.nn.Module, t: dict, device: torch.device) -> torc
 def set_threads(local_world: int) -> None:
     """CPU threads: an explicit OMP_NUM_THREADS or an earlier ``torch.set_num_threads`` is respected; several
     processes on one machine (torchrun) share its cores instead of each taking all of them."""
-    import os
-
     if local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-
 
 
 def _is_loss(key: str) -> bool:
