@@ -3,11 +3,13 @@
     python scripts/gan1d_check.py [--seeds 0 1 2] [--out runs/gan1d_check.json]
 
 For each seed: G trained from the identity (configs/gan1d.yaml) -> W1, max|G - G*| on [0, 0.99], KS, and
-D trained alone against G = identity -> sup |D - D*|, with wall times. Also the same G run without R1.
+D trained alone against G = identity -> sup |D - D*|, with wall times. Also the same G run without R1. Each
+figure also comes as it was before training (``*_start``): what training changed.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from zoo.config import load_config
-from zoo.trainer import fit
+from zoo.trainer import Trainer
 
 RUNS = {
     "g_from_identity": [],
@@ -48,10 +50,13 @@ def main() -> None:
             for name, overrides in RUNS.items():
                 cfg = load_config("configs/gan1d.yaml", ["train.device=cpu", f"train.seed={seed}", *overrides])
                 t0 = time.perf_counter()
-                tr = fit(cfg, Path(tmp) / f"{name}-{seed}")
-                out = tr.model.evaluate(tr.data, Ctx())
-                row = {"run": name, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-                       **{k: out[k] for k in KEYS if k in out}}
+                tr = Trainer(cfg, Path(tmp) / f"{name}-{seed}", quiet=True, log=lambda s: None)
+                start = copy.deepcopy(tr.model)
+                tr.fit()
+                seconds = round(time.perf_counter() - t0, 1)
+                out, before = tr.model.evaluate(tr.data, Ctx()), start.evaluate(tr.data, Ctx())
+                row = {"run": name, "seed": seed, "seconds": seconds, **{k: out[k] for k in KEYS if k in out},
+                       **{f"{k}_start": before[k] for k in KEYS if k in before and not k.startswith("floor")}}
                 rows.append(row)
                 print(json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from zoo import checkpoint as ckpt_io
 from zoo.cli import main
 from zoo.clustering import (contingency, hungarian_accuracy, inertia, kmeans_plus_plus, label_metrics,
                             lloyd, partition_inertia)
@@ -15,7 +16,7 @@ from zoo.compress import compress, compress_file, load_rgb, save_rgb
 from zoo.config import load_config
 from zoo.errors import ConfigError
 from zoo.registry import create_model
-from zoo.trainer import fit
+from zoo.trainer import Trainer, fit
 
 
 class TinyData:
@@ -238,18 +239,32 @@ def test_competitive_only_the_winner_moves_and_normalize_keeps_unit_weights():
 
 
 def test_competitive_learning_fixes_a_wrong_start():
-    """Every pair of units starts on the midpoint of two blobs, so the start mixes blobs; only the updates can
-    pull each unit onto a blob of its own."""
-    x, y, centers = blobs(per=40, noise=0.3)
-    torch.manual_seed(0)
+    """All ten units start on one point away from every blob, so only the updates can pull each unit onto a blob
+    of its own. Inputs and units are unit length (normalize), so a unit's target is its blob centre's direction."""
+    x, y, centers = blobs(per=40)
     net = create_model("competitive", input_shape=(20,), k=10, eta=0.2)
-    midpoints = centers.view(5, 2, -1).sum(1).repeat_interleave(2, 0)
-    start = midpoints + 1e-4 * torch.randn(10, 20, generator=torch.Generator().manual_seed(0))  # break the ties
+    # the all-ones direction: 1.25 from every blob's direction and no nearer to one than another. (Farther, with
+    # w.x < 0, the rule pushes a unit away; all units inside one blob leave nine blobs to one unit for good.)
+    start = torch.ones(10, 20) + 1e-4 * torch.randn(10, 20, generator=torch.Generator().manual_seed(0))  # ties
     net.weight.data.copy_(torch.nn.functional.normalize(start, dim=1))
-    assert label_metrics(y, net.assign(x), 10)["acc"] < 0.85
+    targets = torch.nn.functional.normalize(centers, dim=1)
+
+    def gaps():
+        """Distance from each unit to its blob, units matched one-to-one to blobs (a unit serves one blob)."""
+        from scipy.optimize import linear_sum_assignment
+
+        d = torch.cdist(net.weight.data, targets)
+        rows, cols = linear_sum_assignment(d.numpy())
+        return d[rows, cols]
+
+    assert gaps().min() > 1.2 and label_metrics(y, net.assign(x), 10)["acc"] < 0.7  # measured 1.25 and 0.56
+    order = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _ in range(3):
-            net.training_step((x[torch.randperm(len(x))], y))
+            net.training_step((x[torch.randperm(len(x), generator=order)], y))
+    # measured: every unit within 0.054 of its own blob's direction (eta 0.2 keeps it a short average of the
+    # noisy inputs it wins); 0.15 leaves margin and is still 8x nearer than the start
+    assert gaps().max() < 0.15, gaps()
     assert label_metrics(y, net.assign(x), 10)["acc"] == 1.0
 
 
@@ -377,32 +392,71 @@ def test_kmeans_config_trains_with_the_trainer(mnist_root, tmp_path):
     assert sorted(p.name for p in (tmp_path / "km" / "samples").iterdir())[0] == "centers_epoch000.png"
 
 
-def test_mixture_resumes_mid_epoch_exactly(mnist_root, tmp_path):
+def resume_mid_epoch(config, over, tmp_path, monkeypatch):
+    """An uninterrupted run, and the same run stopped halfway through its second epoch (``train.max_steps``) then
+    resumed: asserts the stop fell inside the epoch, that the resumed run trained only the batches left, and that
+    it ends with every parameter and buffer of the uninterrupted one and logged the same numbers on the way.
+    Returns (full, resumed, the stopped run's checkpoint)."""
+    # every step logged, so the logs compare step by step (a log window's running mean is not checkpointed: a
+    # resume inside a window would log the mean of the steps after it only)
+    over = [*over, "train.log_every=1"]
+    full = fit(load_config(config, over), tmp_path / "full")
+    per_epoch = full.metrics["epochs"][0]["step"]
+    stop = per_epoch + per_epoch // 2
+    assert per_epoch >= 2 and full.metrics["step"] > stop
+    fit(load_config(config, [*over, f"train.max_steps={stop}"]), tmp_path / "part")
+    ck = ckpt_io.load(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert (ck["step"], ck["epoch"], ck["batch_in_epoch"]) == (stop, 1, per_epoch // 2)  # saved mid-epoch
+    steps, real_step = [], Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(1) or real_step(self, batch))
+    resumed = fit(load_config(config, over), tmp_path / "part", resume=True)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    # replaying the epoch from its first batch (or the run from scratch) could end on the same numbers: count
+    assert len(steps) == full.metrics["step"] - stop
+    assert_same_state(resumed.model, full.model)
+    assert resumed.metrics["history"] == full.metrics["history"] and resumed.metrics["epochs"] == full.metrics["epochs"]
+    assert any(not torch.equal(v, full.model.state_dict()[k]) for k, v in ck["model"].items())  # work was left
+    return full, resumed, ck
+
+
+def test_mixture_resumes_mid_epoch_exactly(mnist_root, tmp_path, monkeypatch, one_thread):
     over = [f"data.root={mnist_root}", "data.limit=2000", "train.epochs=2", "train.batch_size=500",
             "train.device=cpu"]
-    full = fit(load_config("configs/bernoulli_mixture.yaml", over), tmp_path / "a")
-    fit(load_config("configs/bernoulli_mixture.yaml", over + ["train.max_steps=6"]), tmp_path / "b")
-    resumed = fit(load_config("configs/bernoulli_mixture.yaml", over), tmp_path / "b", resume=True)
-    assert_same_state(resumed.model, full.model)
+    full, _, ck = resume_mid_epoch("configs/bernoulli_mixture.yaml", over, tmp_path, monkeypatch)
+    assert ck["model"]["stat_n"] == 1000  # half an EM iteration's E-step statistics travel in the checkpoint
     lls = [e["train/log_likelihood_per_image"] for e in full.metrics["epochs"]]
     assert lls[1] > lls[0]
 
 
-def test_kmeans_resumed_run_keeps_logging_its_full_data_cost(mnist_root, tmp_path):
-    over = [f"data.root={mnist_root}", "data.limit=2000", "train.epochs=3", "train.device=cpu"]
-    full = fit(load_config("configs/kmeans.yaml", over), tmp_path / "a")
-    per_epoch = full.metrics["epochs"][0]["step"]
-    stop = per_epoch + per_epoch // 2  # mid-epoch, after the first epoch's full-data cost was logged
-    fit(load_config("configs/kmeans.yaml", over + [f"train.max_steps={stop}"]), tmp_path / "b")
-    resumed = fit(load_config("configs/kmeans.yaml", over), tmp_path / "b", resume=True)
+def test_kmeans_resumed_run_keeps_logging_its_full_data_cost(mnist_root, tmp_path, monkeypatch, one_thread):
+    over = [f"data.root={mnist_root}", "data.limit=2000", "train.epochs=2", "train.device=cpu"]
+    full, resumed, _ = resume_mid_epoch("configs/kmeans.yaml", over, tmp_path, monkeypatch)
+    # the stop came after the first epoch's full-data cost was logged: the resumed run logs the second one
     cost = lambda t: [e.get("train/inertia_per_image_full") for e in t.metrics["epochs"]]  # noqa: E731
     assert None not in cost(resumed) and cost(resumed) == cost(full)
-    assert_same_state(resumed.model, full.model)
+
+
+def test_kmeans_restarts_resume_mid_epoch_exactly(mnist_root, tmp_path, monkeypatch, one_thread):
+    """The Lloyd-form config (normalize: cluster, 8 restarts side by side, the best one kept in a buffer) on
+    batches smaller than the data, so that an epoch has an inside to stop in."""
+    over = [f"data.root={mnist_root}", "data.limit=2000", "train.epochs=2", "train.batch_size=500",
+            "train.device=cpu"]
+    resume_mid_epoch("configs/kmeans_lloyd.yaml", over, tmp_path, monkeypatch)
+
+
+def test_competitive_resumes_mid_epoch_exactly(mnist_root, tmp_path, monkeypatch, one_thread):
+    """The rule updates image by image in the trainer's order, and eta decays after each epoch (a buffer)."""
+    over = [f"data.root={mnist_root}", "data.limit=1000", "train.epochs=2", "train.device=cpu"]
+    _, _, ck = resume_mid_epoch("configs/competitive.yaml", over, tmp_path, monkeypatch)
+    assert ck["model"]["eta"] == pytest.approx(0.05 * 0.5)  # the first epoch's decay is in the checkpoint
 
 
 def assert_same_state(a, b):
-    """Every parameter and buffer, bit for bit."""
-    sa, sb = a.state_dict(), b.state_dict()
+    """Every parameter and buffer (persistent or not), bit for bit."""
+    def tensors(m):
+        return {**m.state_dict(), **dict(m.named_parameters()), **dict(m.named_buffers())}
+
+    sa, sb = tensors(a), tensors(b)
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k

@@ -87,7 +87,7 @@ def test_config_show_prints_every_default(capsys):
     code, out, _ = run_cli(capsys, "config", "show", "configs/vae.yaml", "train.epochs=3", "model.latent_dim=16")
     cfg = yaml.safe_load(out)
     assert code == 0 and cfg["train"]["epochs"] == 3 and cfg["model"]["latent_dim"] == 16
-    assert cfg["train"]["optimizer"]["weight_decay"] == 0.0 and cfg["model"]["dropout"] == 0.1
+    assert cfg["train"]["optimizer"]["weight_decay"] == 0.0 and cfg["model"]["init_std"] == 0.1  # not in the file
 
 
 def test_list_with_wildcards(capsys):

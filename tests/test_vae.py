@@ -22,27 +22,62 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.mark.parametrize("encoder", ["fixed", "learned"])
 @pytest.mark.parametrize("covariance", ["identity", "scalar", "diagonal", "full", "predicted"])
-def test_nelbo_matches_a_direct_gaussian_log_density(covariance):
-    """The loss equals -log N(x; f, Sigma) + |g|^2/2 computed independently with torch.distributions."""
+def test_reported_bpd_matches_an_independent_computation(covariance, encoder):
+    """On a fixed batch with fixed noise, the training step's nelbo and bpd equal -log N(x; f(z), Sigma) plus
+    KL(q(z|x) || N(0, I)) computed with torch.distributions, converted to bits by hand."""
     torch.manual_seed(0)
-    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance=covariance).eval()
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance=covariance, encoder=encoder).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))  # a generic M, not the identity-like init
     x = torch.rand(3, 1, 8, 8)
     torch.manual_seed(1)
-    terms = m.terms(x)
+    step = m.training_step((x, None))
     torch.manual_seed(1)
-    g, mean, log_var = m(x)
+    g, mean, log_var, z_log_var = m(x)
     if covariance == "predicted":
         dist = torch.distributions.Normal(mean.flatten(1), torch.exp(0.5 * log_var.flatten(1)))
         nll = -dist.log_prob(x.flatten(1)).sum(1)
     else:
         sigma = m.covariance_matrix().float()
         nll = -torch.distributions.MultivariateNormal(mean.flatten(1), covariance_matrix=sigma).log_prob(x.flatten(1))
-    assert torch.allclose(terms["nll"], nll, rtol=1e-4, atol=1e-2)
-    assert torch.allclose(terms["kl"], 0.5 * g.pow(2).sum(1))
+    std = torch.ones_like(g) if z_log_var is None else torch.exp(0.5 * z_log_var)
+    q, p = torch.distributions.Normal(g, std), torch.distributions.Normal(torch.zeros_like(g), torch.ones_like(g))
+    kl = torch.distributions.kl_divergence(q, p).sum(1)
+    nelbo = (nll + kl).mean()
+    # the 0..255 image's probability is the density on [0, 1] times (1/256)^64: 8 more bits a pixel
+    bits = (nelbo / math.log(2) + 64 * 8) / 64
+    assert step["nelbo"].item() == pytest.approx(nelbo.item(), rel=1e-4, abs=1e-2)
+    assert step["kl"].item() == pytest.approx(kl.mean().item(), rel=1e-5)
+    assert step["bpd"].item() == pytest.approx(bits.item(), abs=1e-4)
+
+
+def test_importance_weighted_bound_converges_to_the_exact_likelihood():
+    """With a 1-D code, log p(x) is an integral done on a grid: the IWAE bound lies between the ELBO and it, and
+    closes the gap as k grows."""
+    torch.manual_seed(0)
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), latent_dim=1, covariance="predicted",
+                     encoder="learned").eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        m.decoder.fc[0].weight.mul_(30)  # images that depend sharply on z: a peaked posterior, a real ELBO gap
+    x = torch.rand(3, 1, 8, 8)
+    z = torch.linspace(-10, 10, 20001, dtype=torch.float64)
+    with torch.no_grad():
+        mean, log_var = m.decode(z[:, None].float())
+        lik = torch.distributions.Normal(mean.flatten(1).double(), torch.exp(0.5 * log_var.flatten(1).double()))
+        for i in range(len(x)):
+            log_joint = lik.log_prob(x[i].flatten().double()).sum(1) + torch.distributions.Normal(0.0, 1.0).log_prob(z)
+            exact = (torch.logsumexp(log_joint, 0) + math.log(z[1] - z[0])).item()
+            torch.manual_seed(1)
+            elbo = -m.terms(x[i:i + 1])["nelbo"].item()
+            lw = m.log_importance_weights(x[i:i + 1], 20000).double()
+            iw = (torch.logsumexp(lw, 1) - math.log(20000)).item()
+            assert exact - elbo > 0.3  # the check below would be empty without a gap
+            assert abs(iw - exact) < 0.05 < iw - elbo
 
 
 def test_learned_full_covariance_matches_the_residual_covariance(tmp_path):
@@ -106,33 +141,43 @@ def test_gaussian_baselines_on_known_data():
     assert out["baseline_diag_gaussian_bpd"] > out["baseline_full_gaussian_bpd"] + 0.05
 
 
-def test_sample_and_eval_from_the_checkpoint_alone(mnist_root, tmp_path, capsys, monkeypatch):
-    run = tmp_path / "vae"
-    fit(load_config(small_vae_config(mnist_root, epochs=1)), run)
+def test_samples_are_digits_not_blanks_and_seeds_and_temperature_matter(prior_run, tmp_path):
+    """From the checkpoint alone: samples have ink in digit-like amounts, two seeds differ, the same seed repeats,
+    and the temperature sets the spread of the latent draws."""
     out_png = tmp_path / "digits.png"
-    assert cli.main(["sample", str(run), "-n", "16", "-o", str(out_png), "--seed", "3"]) == 0
-    img = Image.open(out_png)
-    assert img.size == (4 * 28 + 5 * 2, 4 * 28 + 5 * 2)  # a 4 x 4 grid with 2-pixel padding
+    assert cli.main(["sample", str(prior_run), "-n", "16", "-o", str(out_png), "--seed", "3"]) == 0
+    assert Image.open(out_png).size == (4 * 28 + 5 * 2, 4 * 28 + 5 * 2)  # a 4 x 4 grid with 2-pixel padding
     first = out_png.read_bytes()
-    assert cli.main(["sample", str(run), "-n", "16", "-o", str(out_png), "--seed", "3"]) == 0
+    assert cli.main(["sample", str(prior_run), "-n", "16", "-o", str(out_png), "--seed", "3"]) == 0
     assert out_png.read_bytes() == first  # same seed, same picture
-    # another seed gives other images, and the temperature sets the spread of the latent draws
-    model, _, _ = load_run(run)
-    draw = lambda seed, t: model.sample(256, generator=torch.Generator().manual_seed(seed), temperature=t)  # noqa: E731
-    a, b = draw(3, 1.0), draw(4, 1.0)
-    assert not torch.equal(a, b)
-    cold, hot = draw(3, 0.1), draw(3, 2.0)
-    assert cold.std(0).mean() < a.std(0).mean() < hot.std(0).mean()  # spread across samples grows with t
+    model, _, _ = load_run(prior_run)
+    for prior in model.priors:
+        draw = lambda seed, t: model.sample(256, generator=torch.Generator().manual_seed(seed),  # noqa: E731
+                                            temperature=t, prior=prior)
+        a, b = draw(3, 1.0), draw(4, 1.0)
+        # MNIST digits: 13% mean intensity, a stroke pixel near 1 in every image, most pixels background
+        ink = a.flatten(1)
+        assert 0.05 < ink.mean() < 0.3, prior
+        assert (ink.max(1).values > 0.6).float().mean() > 0.9, prior
+        assert ((ink < 0.1).float().mean(1) > 0.6).float().mean() > 0.75, prior  # not noise, not a grey fog
+        assert (a - b).abs().mean() > 0.05, prior  # another seed, other images
+        cold, hot = draw(3, 0.1), draw(3, 2.0)
+        assert cold.std(0).mean() < a.std(0).mean() < hot.std(0).mean(), prior  # spread across samples grows
+
+
+def test_eval_reports_both_bounds_and_baselines(prior_run, capsys):
     capsys.readouterr()
-    assert cli.main(["eval", str(run), "--json", "--no-fid"]) == 0
+    assert cli.main(["eval", str(prior_run), "--json", "--no-fid", "--iw-samples", "5"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["model"] == "gaussian_ae" and res["test_images"] == 10000
+    assert res["model"] == "gaussian_ae" and res["test_images"] == 10000 and res["iw_samples"] == 5
     assert res["test_bpd"] == pytest.approx(bits_per_dim(res["test_nelbo_nats"], 784))
+    assert res["test_iw_bpd"] == pytest.approx(bits_per_dim(res["test_iw_nll_nats"], 784))
+    assert res["test_iw_bpd"] < res["test_bpd"]  # the importance-weighted bound is tighter on the same images
     assert math.isfinite(res["baseline_diag_gaussian_bpd"]) and math.isfinite(res["baseline_full_gaussian_bpd"])
-    assert cli.main(["eval", str(run), "--json", "--no-fid", "--no-baselines"]) == 0
+    assert cli.main(["eval", str(prior_run), "--json", "--no-fid", "--no-baselines", "--iw-samples", "0"]) == 0
     own = json.loads(capsys.readouterr().out)
-    assert own["test_bpd"] == res["test_bpd"]  # the model's number does not depend on the baselines
-    assert not any(k.startswith("baseline") for k in own)
+    assert own["test_bpd"] == res["test_bpd"]  # the model's number does not depend on the baselines or the IW bound
+    assert not any(k.startswith("baseline") or k.startswith("test_iw") for k in own)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
@@ -153,3 +198,82 @@ def test_beta_nll_rescales_the_mean_gradient_and_keeps_the_optimum(beta):
     lv = xs.var(unbiased=False).log().reshape(1, 1).requires_grad_()
     beta_nll((xs - m) * torch.exp(-0.5 * lv), lv.expand_as(xs), beta).mean().backward()
     assert abs(m.grad.item()) < 1e-4 and abs(lv.grad.item()) < 1e-4
+
+
+def test_outlier_mixture_caps_the_cost_of_a_confident_wrong_pixel():
+    """outlier_prob p: each pixel's density is (1 - p) N(x; f, sigma^2) + p on [0, 1], checked against a direct
+    float64 computation; a pixel predicted as sure background but inked costs about -log p, not (x - f)^2/2 sigma^2."""
+    x = torch.zeros(2, 1, 8, 8)
+    x[1, 0, 3, 3] = 0.8  # one stroke pixel where the decoder is certain there is none
+    mu, lv = torch.full_like(x, 0.002), torch.full_like(x, 2 * math.log(0.002))
+    nll = {}
+    for p in (0.0, 1e-3):
+        m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="predicted", outlier_prob=p).eval()
+        m.decode = lambda z: (mu, lv)  # noqa: E731  a decoder with known outputs
+        nll[p] = m.terms(x)["nll"].double()
+        log_gauss = torch.distributions.Normal(mu.double(), torch.exp(0.5 * lv.double())).log_prob(x.double())
+        direct = -(torch.log((1 - p) * log_gauss.exp() + p) if p else log_gauss).flatten(1).sum(1)
+        assert torch.allclose(nll[p], direct, rtol=1e-6), (p, nll[p], direct)
+    assert nll[0.0][1] - nll[0.0][0] > 50_000  # one pixel outweighs the image
+    assert nll[1e-3][1] - nll[1e-3][0] == pytest.approx(-math.log(1e-3) - (nll[1e-3][0] / 64).item() - 0.001, abs=0.5)
+    assert 0 < (nll[1e-3][0] - nll[0.0][0]).item() < 64 * 2e-3  # sure pixels pay only -log(1 - p) each
+
+
+def test_kl_warmup_weights_only_the_training_objective():
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal", kl_warmup=10)
+    x = torch.rand(4, 1, 8, 8)
+    m.on_train_batch_end(5)
+    torch.manual_seed(0)
+    t = m.terms(x)
+    assert torch.allclose(t["objective"], 0.5 * t["kl"] + t["nll"])
+    m.on_train_batch_end(30)
+    torch.manual_seed(0)
+    assert "objective" not in m.terms(x)  # past the warm-up: the ELBO itself
+    m.on_train_batch_end(5)
+    m.eval()
+    assert "objective" not in m.terms(x)  # validation and evaluation always report the true ELBO
+    assert m.state_dict()["kl_step"] == 5  # the position travels in the checkpoint: resume continues the ramp
+
+
+@pytest.fixture(scope="module")
+def prior_run(mnist_root, tmp_path_factory):
+    """configs/vae.yaml's model, smaller (4-d codes, 4-component fitted prior), 3 epochs on 2,000 real digits:
+    about 20 s on one core, enough for samples with digit-like ink."""
+    cfg = small_vae_config(mnist_root, epochs=3)
+    cfg["model"].update(covariance="predicted", encoder="learned", latent_dim=4, prior_components=4,
+                        sample_prior="fitted", dropout=0.0, nll_beta=0.5, mean_margin=1 / 512)
+    cfg["data"]["limit"] = 2000
+    cfg["train"]["log_every"] = 0
+    run = tmp_path_factory.mktemp("vae") / "prior"
+    fit(load_config(cfg), run)
+    return run
+
+
+def test_fitted_prior_matches_the_training_codes_and_travels_in_the_checkpoint(prior_run, mnist_root):
+    model, cfg, _ = load_run(prior_run)
+    assert model.priors == ("fitted", "standard") and bool(model.prior_fitted)
+    from zoo.data import create_data
+
+    z, _ = model.codes(create_data(**cfg["data"]), "train")
+    fitted = model.draw_codes(20000, torch.Generator().manual_seed(0), 1.0, "fitted").double()
+    standard = model.draw_codes(20000, torch.Generator().manual_seed(0), 1.0, "standard").double()
+    cov = torch.cov(z.T)
+    assert rel_err(torch.cov(fitted.T), cov) < 0.1 < rel_err(torch.cov(standard.T), cov)
+    assert (fitted.mean(0) - z.mean(0)).norm() < 0.1 * z.std(0).norm()
+    # temperature scales each component's spread, not the mixture's centres
+    cold = model.draw_codes(20000, torch.Generator().manual_seed(0), 0.0, "fitted")
+    assert set(map(tuple, cold.unique(dim=0).tolist())) <= set(map(tuple, model.prior_means.tolist()))
+
+
+def test_sample_prior_choice_through_the_cli(prior_run, tmp_path, capsys):
+    pngs = {}
+    for prior in ("fitted", "standard"):
+        out = tmp_path / f"{prior}.png"
+        assert cli.main(["sample", str(prior_run), "-n", "16", "-o", str(out), "--prior", prior]) == 0
+        pngs[prior] = out.read_bytes()
+    assert cli.main(["sample", str(prior_run), "-n", "16", "-o", str(tmp_path / "d.png")]) == 0
+    assert (tmp_path / "d.png").read_bytes() == pngs["fitted"] != pngs["standard"]  # the run's default: fitted
+    capsys.readouterr()
+    assert cli.main(["sample", str(prior_run), "-o", str(tmp_path / "x.png"), "--prior", "vampprior"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "vampprior" in err and "fitted or standard" in err

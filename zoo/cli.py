@@ -111,6 +111,8 @@ def sample(
     n: int = typer.Option(64, "-n", min=1, max=10000, help="number of images"),
     out: Path = typer.Option(Path("samples.png"), "-o", "--out", help="PNG grid to write"),
     temperature: float = typer.Option(1.0, "--temperature", "-t", min=0.0, help="scale of the latent noise"),
+    prior: Optional[str] = typer.Option(None, "--prior", help="latent prior for models with several "
+                                        "(e.g. standard|fitted); default: the model's own"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
 ):
@@ -124,9 +126,19 @@ def sample(
     model, cfg, _ = load_run(run, pick_device(device))
     require(model, "sample", cfg)
     _png(out)
-    images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature)
+    extra = {"prior": _prior(model, prior, cfg)} if prior else {}
+    images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature, **extra)
     save_png(images, out)
     print(f"wrote {n} samples to {out}")
+
+
+def _prior(model, prior: str, cfg: dict) -> str:
+    have = getattr(model, "priors", ("standard",))
+    if prior not in have:
+        raise ZooError(f"--prior {prior}: model '{cfg['model']['name']}' of this run samples from "
+                       f"{' or '.join(have)}" + (" (a fitted prior needs model.prior_components > 0)"
+                                                   if prior == "fitted" else ""))
+    return prior
 
 
 @app.command()
@@ -166,6 +178,8 @@ def evaluate(
     data_path: Optional[Path] = typer.Option(None, "--data", help="evaluate on this file instead of the run's "
                                              "held-out split (models that read one, e.g. word pairs)"),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="FID-LeNet and mode coverage for models that sample"),
+    iw_samples: int = typer.Option(100, "--iw-samples", min=0, max=100000,
+                                   help="importance samples per test image for likelihood bounds (0: skip)"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                    help="reference methods on the same data (the slow part of some evals)"),
 ):
@@ -188,7 +202,8 @@ def evaluate(
     data = create_data(**cfg["data"]).to(dev)
     path = find_checkpoint(run, checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator, "data": data_path}, baselines)
+    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator, "data": data_path, "iw_samples": iw_samples},
+                      baselines)
     out: dict[str, Any] = {"run": str(run_dir), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
     with torch.no_grad():
         out.update(model.evaluate(data, ctx))
@@ -196,7 +211,12 @@ def evaluate(
         from .fid import applies, generative_metrics
 
         if applies(data):
-            out["generative"] = generative_metrics(model, data, ctx)
+            priors = getattr(model, "priors", None)  # models with several: the default's figures are "generative"
+            if not priors:
+                out["generative"] = generative_metrics(model, data, ctx)
+            for i, prior in enumerate(priors or ()):
+                key = "generative" if i == 0 else f"generative_{prior}_prior"
+                out[key] = generative_metrics(model, data, ctx, prior=prior)
     if as_json:
         print(json.dumps(out, default=_jsonable))
     else:

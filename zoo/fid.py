@@ -5,9 +5,14 @@ on MNIST (``lenet``): d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}). Its s
 so every call also measures the real-vs-real floor (10k training images vs the 10k test images) with the same
 evaluator: a model is judged by fid / floor. The same classifier gives the mode coverage of the samples (class
 histogram, KL to uniform, smallest class share) and their mean max-softmax confidence.
+
+The evaluator comes from one recipe, configs/lenet.yaml (same weights for the same seed, torch version and
+device). Every result names the evaluator's recipe and a hash of its weights; the default evaluator is refused
+when it was trained otherwise, and one passed explicitly from another recipe is flagged.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,6 +26,9 @@ import torch
 from .errors import ZooError
 
 DEFAULT_EVALUATOR = "runs/lenet"
+RECIPE = "configs/lenet.yaml"
+RECIPE_KEYS = {"model": None, "data": ("name", "val_size", "limit"),  # what sets the weights (not paths, logs)
+               "train": ("epochs", "batch_size", "optimizer", "scheduler", "seed", "precision", "grad_clip")}
 N_SAMPLES = 10_000
 TRAIN_OVERRIDES: list[str] = []  # dotted overrides for the on-demand evaluator training (tests shrink it)
 
@@ -61,11 +69,39 @@ def evaluator_dir(ctx=None, evaluator: str | Path | None = None) -> Path:
     return Path(evaluator or options.get("evaluator") or os.environ.get("ZOO_EVALUATOR") or DEFAULT_EVALUATOR)
 
 
-def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None):
-    """The trained ``lenet`` in eval mode; trained on demand (configs/lenet.yaml) when the run does not exist."""
+def recipe_id(cfg: dict) -> str:
+    """A short hash of what determines an evaluator's weights in a resolved lenet config."""
+    keep = {}
+    for section, keys in RECIPE_KEYS.items():
+        part = cfg.get(section) or {}
+        keep[section] = {k: v for k, v in part.items() if keys is None or k in keys}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's parameters and buffers (sorted by name, as float32/int64 bytes): which weights they are."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _recipe_path() -> Path:
+    return Path(__file__).resolve().parents[1] / RECIPE
+
+
+def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None, info: dict | None = None):
+    """The trained ``lenet`` in eval mode; trained on demand from the recipe when the run does not exist.
+
+    ``info`` (a dict) receives the evaluator's path, recipe and weight hash. The default evaluator must match the
+    recipe (else FID figures would not compare); one named explicitly may differ and is then flagged.
+    """
     from .checkpoint import load_run
+    from .config import load_config
 
     run = evaluator_dir(ctx, evaluator)
+    explicit = run != Path(DEFAULT_EVALUATOR)
     device = device or getattr(ctx, "device", None) or "cpu"
     if not (run / "checkpoints" / "last.pt").is_file() and run.suffix != ".pt":
         _train_evaluator(run, ctx)
@@ -76,16 +112,26 @@ def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None):
     metrics = run / "metrics.json"
     if metrics.is_file() and json.loads(metrics.read_text()).get("status") != "finished":
         _log(ctx, f"warning: the FID evaluator '{run}' did not finish training; FID-LeNet uses it as it is")
+    want = recipe_id(load_config(_recipe_path())) if _recipe_path().is_file() else None
+    have = recipe_id(cfg)
+    if want is not None and have != want:
+        if not explicit:
+            raise ZooError(f"the FID evaluator '{run}' was not trained with the recipe {RECIPE} (recipe {have}, "
+                           f"expected {want}), so its FID-LeNet would not compare: move it away (a recipe one is "
+                           f"trained on demand) or name it with --evaluator to use it anyway (flagged)")
+        _log(ctx, f"warning: the FID evaluator '{run}' is not from the recipe {RECIPE}: its FID-LeNet figures do "
+                  f"not compare with published ones")
+    if info is not None:
+        info.update({"evaluator": str(run), "evaluator_recipe": have, "evaluator_matches_recipe": have == want,
+                     "evaluator_sha256": weights_sha256(model)[:16]})
     return model.eval()
 
 
 def _train_evaluator(run: Path, ctx) -> None:
     from .config import load_config
-    from .registry import model_info
     from .trainer import fit
 
-    rel = model_info("lenet").config
-    path = Path(__file__).resolve().parents[1] / rel
+    rel, path = RECIPE, _recipe_path()
     if not path.is_file():
         raise ZooError(f"no FID evaluator at '{run}' and {rel} is not found to train one; "
                        f"run `zoo train {rel} --run-dir {run}` from the repository, or pass the evaluator's run dir")
@@ -111,10 +157,11 @@ def classify(lenet, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch
 
 
 @torch.no_grad()
-def draw_samples(model, n: int, seed: int, batch_size: int = 1000, temperature: float = 1.0) -> torch.Tensor:
-    """n samples from ``model.sample`` in chunks (memory), from one seeded generator (reproducible)."""
+def draw_samples(model, n: int, seed: int, batch_size: int = 1000, temperature: float = 1.0, **kw) -> torch.Tensor:
+    """n samples from ``model.sample`` in chunks (memory), from one seeded generator (reproducible); ``kw`` goes
+    to ``sample`` (e.g. prior=)."""
     gen = torch.Generator().manual_seed(seed)
-    chunks = [model.sample(min(batch_size, n - i), generator=gen, temperature=temperature).cpu()
+    chunks = [model.sample(min(batch_size, n - i), generator=gen, temperature=temperature, **kw).cpu()
               for i in range(0, n, batch_size)]
     x = torch.cat(chunks)
     if x.shape[1:] != (1, 28, 28):
@@ -150,18 +197,20 @@ def real_mnist(data=None, root: str | None = None):
 
 
 def generative_metrics(model, data=None, ctx=None, evaluator: str | Path | None = None,
-                       n: int = N_SAMPLES) -> dict[str, Any]:
-    """FID-LeNet of n samples vs the test set, the real-vs-real floor, and mode coverage, for ``zoo eval``."""
+                       n: int = N_SAMPLES, **sample_kw) -> dict[str, Any]:
+    """FID-LeNet of n samples vs the test set, the real-vs-real floor, and mode coverage, for ``zoo eval``;
+    ``sample_kw`` goes to the model's ``sample`` (prior=...)."""
     if not hasattr(model, "sample"):
         raise ZooError(f"{type(model).__name__} has no sample(): generative metrics need a generative model")
     seed = int(getattr(ctx, "seed", 0) or 0)
-    lenet = load_evaluator(ctx, evaluator, device=model.device)
+    about: dict[str, Any] = {}
+    lenet = load_evaluator(ctx, evaluator, device=model.device, info=about)
     root = (getattr(ctx, "config", None) or {}).get("data", {}).get("root")
     x_train, x_test = real_mnist(data, root)
     _log(ctx, f"FID-LeNet: drawing {n} samples and embedding them with the evaluator '{evaluator_dir(ctx, evaluator)}'")
     was = model.training
     model.eval()
-    fake = draw_samples(model, n, seed)
+    fake = draw_samples(model, n, seed, **sample_kw)
     model.train(was)
     f_fake, p_fake = classify(lenet, fake)
     f_test, p_test = classify(lenet, x_test)
@@ -171,8 +220,7 @@ def generative_metrics(model, data=None, ctx=None, evaluator: str | Path | None 
     floor = frechet_distance(*gaussian_stats(f_train), *test_stats)
     out = {"fid_lenet": fid, "fid_lenet_floor_real_vs_real": floor,
            "fid_lenet_ratio_to_floor": fid / floor if floor > 0 else math.inf,
-           "n_samples": n, "evaluator": str(evaluator_dir(ctx, evaluator)),
-           **class_stats(p_fake)}
+           "n_samples": n, **sample_kw, **about, **class_stats(p_fake)}
     real = class_stats(p_test, "test_")  # the same numbers for real test images: what "good" looks like
     out.update({k: v for k, v in real.items() if k != "test_class_shares"})
     return out

@@ -20,14 +20,14 @@ def to_image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor
     return make_grid(images, nrow=nrow or max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
 
 
-def save_png(tensor_or_figure, path: Path) -> None:
-    """An image tensor as a grid PNG, or a matplotlib figure, at ``path``."""
+def save_png(tensor_or_figure, path: Path, nrow: int | None = None) -> None:
+    """An image tensor as a grid PNG (``nrow`` images a row), or a matplotlib figure, at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(tensor_or_figure, torch.Tensor):
         from torchvision.utils import save_image
 
-        save_image(to_image_grid(tensor_or_figure), str(path))
+        save_image(to_image_grid(tensor_or_figure, nrow), str(path))
     else:
         tensor_or_figure.savefig(path, dpi=100, bbox_inches="tight")
 

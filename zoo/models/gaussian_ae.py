@@ -13,11 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import beta_nll, bits_per_dim, gaussian_elbo
+from ..errors import ZooError
+from ..losses import LOG_2PI, beta_nll, bits_per_dim, gaussian_kl, gaussian_nll, pixel_nll
 from ..registry import register_model
+from ..visuals import save_png
 from .base import ZooModel
 
 DEQUANT_STD = 1 / (256 * math.sqrt(12))  # std of the uniform dequantisation noise U/256
+PRIOR_FIT_CODES = 20_000  # training codes the mixture prior is fitted to: plenty for 10 x 16-d components
 
 
 def _act(layer_norm: nn.Module, dropout: float) -> list[nn.Module]:
@@ -47,15 +50,17 @@ class Decoder(nn.Module):
     for 28 x 28 that is the homework's [20, 6, 6] and FC 10 -> 360 -> 720. Larger outputs are cropped.
     """
 
-    def __init__(self, input_shape, latent_dim: int, channels: int, out_channels: int, dropout: float):
+    def __init__(self, input_shape, latent_dim: int, channels: int, out_channels: int, dropout: float,
+                 hidden: int | None = None):
         super().__init__()
         _, h, w = input_shape
         self.out_hw = (h, w)
         self.base = (max(1, -(-(h - 4) // 4)), max(1, -(-(w - 4) // 4)))
         flat = channels * self.base[0] * self.base[1]
+        hidden = hidden or flat // 2
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim, flat // 2), *_act(nn.BatchNorm1d(flat // 2), dropout),
-            nn.Linear(flat // 2, flat), *_act(nn.BatchNorm1d(flat), dropout),
+            nn.Linear(latent_dim, hidden), *_act(nn.BatchNorm1d(hidden), dropout),
+            nn.Linear(hidden, flat), *_act(nn.BatchNorm1d(flat), dropout),
             nn.Unflatten(1, (channels, *self.base)))
         self.conv = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False),
@@ -74,6 +79,15 @@ class GaussianAE(ZooModel):
     positive diagonal), all shared across images; or predicted (a per-pixel log-variance from the decoder,
     floored at ``min_std`` so that near-constant pixels cannot drive the density to infinity).
 
+    ``outlier_prob`` p > 0 (per-pixel covariances): each pixel's likelihood is (1 - p) N + p U[0, 1], so one
+    pixel the decoder is sure of but gets wrong costs at most -log p nats instead of dominating the image.
+
+    ``encoder``: fixed (the seed: z = g(x) + N(0, I)) or learned (the encoder also outputs a diagonal
+    log-variance). ``channels``/``decoder_channels``/``hidden`` widen the seed's layers without changing their
+    pattern. ``kl_warmup`` ramps the KL weight of the training objective from 0 to 1 over that many steps.
+    ``prior_components`` > 0 fits a full-covariance Gaussian mixture to the training codes after every epoch
+    (stored in the checkpoint); ``sample_prior`` says which prior ``sample`` draws from by default.
+
     ``nll_beta`` > 0 trains on the beta-NLL of Seitzer et al. (2022): each pixel's NLL weighted by a constant
     sigma^(2 beta). Its optimum is the ELBO's (same means and variances), but the gradient of the mean is no
     longer dominated by the near-certain background pixels, which otherwise leaves the strokes at mean 0
@@ -85,8 +99,16 @@ class GaussianAE(ZooModel):
                  covariance: Literal["identity", "scalar", "diagonal", "full", "predicted"] = "diagonal",
                  init_std: float = 0.1,
                  min_std: float = DEQUANT_STD, nll_beta: float = 0.0,
-                 covariance_init: Literal["data", "diagonal"] = "data"):
+                 covariance_init: Literal["data", "diagonal"] = "data",
+                 encoder: Literal["fixed", "learned"] = "fixed", hidden: int | None = None, kl_warmup: int = 0,
+                 prior_components: int = 0, sample_prior: Literal["standard", "fitted"] = "standard",
+                 mean_margin: float = 0.0, outlier_prob: float = 0.0):
         super().__init__()
+        if kl_warmup < 0 or not 0 <= prior_components <= 1000:
+            raise ValueError(f"need kl_warmup >= 0 and 0 <= prior_components <= 1000, got {kl_warmup}, "
+                             f"{prior_components}")
+        if sample_prior == "fitted" and not prior_components:
+            raise ValueError("sample_prior=fitted needs prior_components > 0 (the mixture to fit)")
         if not 0 <= nll_beta <= 1:
             raise ValueError(f"nll_beta={nll_beta} must be in [0, 1]")
         for name, value in (("latent_dim", latent_dim), ("channels", channels), ("decoder_channels", decoder_channels)):
@@ -98,9 +120,23 @@ class GaussianAE(ZooModel):
         self.dims = math.prod(self.input_shape)
         self.log_min_var = 2 * math.log(min_std)
         self.nll_beta, self.covariance_init = nll_beta, covariance_init
-        self.encoder = Encoder(self.input_shape, latent_dim, channels, dropout)
+        if not 0 <= mean_margin < 0.5:
+            raise ValueError(f"mean_margin={mean_margin} must be in [0, 0.5)")
+        if not 0 <= outlier_prob < 1 or (outlier_prob and covariance == "full"):
+            raise ValueError(f"outlier_prob={outlier_prob} must be in [0, 1), and 0 with covariance=full "
+                             f"(the outlier mixture is per pixel)")
+        self.mean_margin, self.outlier_prob = mean_margin, outlier_prob
+        self.learned_variance, self.kl_warmup, self.sample_prior = encoder == "learned", kl_warmup, sample_prior
+        self.encoder = Encoder(self.input_shape, latent_dim * (2 if self.learned_variance else 1), channels, dropout)
         out_channels = self.input_shape[0] * (2 if covariance == "predicted" else 1)
-        self.decoder = Decoder(self.input_shape, latent_dim, decoder_channels, out_channels, dropout)
+        self.decoder = Decoder(self.input_shape, latent_dim, decoder_channels, out_channels, dropout, hidden)
+        self.register_buffer("kl_step", torch.zeros((), dtype=torch.long))  # warm-up position, resumed exactly
+        if prior_components:
+            k, d = prior_components, latent_dim
+            self.register_buffer("prior_fitted", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("prior_weights", torch.full((k,), 1 / k))
+            self.register_buffer("prior_means", torch.zeros(k, d))
+            self.register_buffer("prior_tril", torch.eye(d).expand(k, d, d).clone())
         d, log_prec = self.dims, -math.log(init_std)
         if covariance == "scalar":
             self.log_scale = nn.Parameter(torch.tensor(log_prec))
@@ -116,10 +152,11 @@ class GaussianAE(ZooModel):
         precision at 1/std per pixel; with ``covariance_init: data`` a full M starts at the maximum-likelihood
         value for the initial decoder, so its off-diagonal entries need not crawl there from zero."""
         x = next(data.batches("train", 10000, generator=torch.Generator().manual_seed(0)))[0].flatten(1).double()
-        mean = x.mean(0).clamp(1e-3, 1 - 1e-3)
+        mean = x.mean(0)
         std = x.std(0).clamp_min(math.exp(self.log_min_var / 2))
         c = self.input_shape[0]
-        self.decoder.conv[-1].bias[:c] = torch.logit(mean.view(self.input_shape)).mean((1, 2)).float()
+        start = torch.logit(((mean - self.mean_margin) / (1 - 2 * self.mean_margin)).clamp(1e-3, 1 - 1e-3))
+        self.decoder.conv[-1].bias[:c] = start.view(self.input_shape).mean((1, 2)).float()
         if self.covariance == "scalar":
             self.log_scale.fill_(-std.log().mean())
         elif self.covariance in ("diagonal", "full"):
@@ -138,7 +175,7 @@ class GaussianAE(ZooModel):
         """Mean image f(z) in [0, 1] and, for ``predicted``, the floored per-pixel log-variance."""
         out = self.decoder(z)
         c = self.input_shape[0]
-        mean = torch.sigmoid(out[:, :c])
+        mean = self.mean_margin + (1 - 2 * self.mean_margin) * torch.sigmoid(out[:, :c])
         if self.covariance != "predicted":
             return mean, None
         raw = out[:, c:]
@@ -170,20 +207,65 @@ class GaussianAE(ZooModel):
         return torch.cholesky_inverse(torch.linalg.cholesky(m.T @ m))
 
     # ---- the ZooModel contract ----------------------------------------------------------------------------------
+    def encode(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The code's mean g(x) and, for the learned encoder, its diagonal log-variance (else None: unit)."""
+        out = self.encoder(x)
+        if not self.learned_variance:
+            return out, None
+        mean, log_var = out.chunk(2, dim=1)
+        return mean, log_var.clamp(-12, 6)  # keeps exp() finite in the first steps of a bad init
+
     def forward(self, x, noise_scale: float = 1.0):
-        g = self.encoder(x)
-        mean, log_var = self.decode(g + noise_scale * torch.randn_like(g))
-        return g, mean, log_var
+        g, z_log_var = self.encode(x)
+        std = 1.0 if z_log_var is None else torch.exp(0.5 * z_log_var)
+        mean, log_var = self.decode(g + noise_scale * std * torch.randn_like(g))
+        return g, mean, log_var, z_log_var
+
+    def reconstruction_nll(self, x, mean, log_var) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-log p(x|z) per image [B] and the trained-on NLL (beta-NLL when ``nll_beta`` applies, else the same)."""
+        white, log_det = self.whiten(x - mean, log_var)
+        if self.covariance == "full":
+            nll = gaussian_nll(white, log_det)
+            return nll, nll
+        lv = {"identity": lambda: white.new_zeros(()), "scalar": lambda: -2 * self.log_scale,
+              "diagonal": lambda: -2 * self.log_diag, "predicted": lambda: log_var.flatten(1)}[self.covariance]()
+        lv = lv.expand_as(white)
+        nll = pixel_nll(white, lv, self.outlier_prob).sum(1)
+        if self.nll_beta and self.covariance in ("diagonal", "predicted"):
+            return nll, beta_nll(white, lv, self.nll_beta, self.outlier_prob)
+        return nll, nll
 
     def terms(self, x) -> dict[str, torch.Tensor]:
-        """Per-image ELBO terms in nats, plus the beta-NLL training objective when ``nll_beta`` > 0."""
-        g, mean, log_var = self(x)
-        white, log_det = self.whiten(x - mean, log_var)
-        out = gaussian_elbo(g, white, log_det)
-        if self.nll_beta and self.covariance in ("diagonal", "predicted"):
-            lv = (log_var.flatten(1) if self.covariance == "predicted" else -2 * self.log_diag).expand_as(white)
-            out["objective"] = out["kl"] + beta_nll(white, lv, self.nll_beta)
+        """Per-image ELBO terms in nats, plus the training objective (beta-NLL, KL warm-up) when it differs."""
+        g, mean, log_var, z_log_var = self(x)
+        nll, trained = self.reconstruction_nll(x, mean, log_var)
+        kl = gaussian_kl(g, z_log_var)
+        out = {"kl": kl, "nll": nll, "nelbo": kl + nll}
+        weight = self.kl_weight()
+        if trained is not nll or weight < 1:
+            out["objective"] = weight * kl + trained
         return out
+
+    def kl_weight(self) -> float:
+        if not self.training or not self.kl_warmup:
+            return 1.0
+        return min(1.0, float(self.kl_step) / self.kl_warmup)
+
+    def on_train_batch_end(self, step: int) -> None:
+        self.kl_step.fill_(step)
+
+    @torch.no_grad()
+    def log_importance_weights(self, x, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x) per image: [B, k] (the IWAE bound's terms)."""
+        g, z_log_var = self.encode(x)
+        lv = torch.zeros_like(g) if z_log_var is None else z_log_var
+        eps = torch.randn(k, *g.shape, device=g.device, dtype=g.dtype, generator=generator)
+        z = g + torch.exp(0.5 * lv) * eps  # [k, B, d]
+        mean, log_var = self.decode(z.flatten(0, 1))
+        log_px = -self.reconstruction_nll(x.expand(k, *x.shape).flatten(0, 1), mean, log_var)[0].view(k, -1)
+        log_pz = -0.5 * (z.pow(2).sum(-1) + g.shape[1] * LOG_2PI)
+        log_qz = -0.5 * (eps.pow(2).sum(-1) + lv.sum(-1) + g.shape[1] * LOG_2PI)
+        return (log_px + log_pz - log_qz).T
 
     def training_step(self, batch, optimizer="main"):
         t = {k: v.mean() for k, v in self.terms(batch[0]).items()}
@@ -194,40 +276,136 @@ class GaussianAE(ZooModel):
             out["sigma"] = torch.exp(-log_det.detach() / self.dims)
         return out
 
+    # ---- sampling ---------------------------------------------------------------------------------------------
+    @property
+    def priors(self) -> tuple[str, ...]:
+        """The priors ``sample`` can draw from, its default first: standard, and fitted once a mixture is."""
+        if not (hasattr(self, "prior_fitted") and bool(self.prior_fitted)):
+            return ("standard",)
+        return ("fitted", "standard") if self.sample_prior == "fitted" else ("standard", "fitted")
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0):
-        """Decode z ~ N(0, temperature^2 I); the image is the decoder mean f(z)."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device) * temperature
-        return self.decode(z)[0]
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               prior: str | None = None):
+        """Decode z drawn from the prior (``sample_prior`` unless given), its noise scaled by ``temperature``:
+        standard N(0, t^2 I), or fitted (a mixture component, then its mean + t L eps). The image is f(z)."""
+        prior = prior or self.priors[0]
+        if prior not in self.priors:
+            raise ZooError(f"prior '{prior}': this model has {' and '.join(self.priors)} (a fitted prior needs "
+                           f"model.prior_components > 0 and one finished epoch)")
+        return self.decode(self.draw_codes(n, generator, temperature, prior).to(self.device))[0]
+
+    def draw_codes(self, n: int, generator: torch.Generator | None, temperature: float, prior: str) -> torch.Tensor:
+        """n codes [n, d] on the CPU from the standard or the fitted prior, noise scaled by ``temperature``."""
+        eps = torch.randn(n, self.latent_dim, generator=generator) * temperature
+        if prior == "standard":
+            return eps
+        comp = torch.multinomial(self.prior_weights.cpu(), n, replacement=True, generator=generator)
+        return self.prior_means.cpu()[comp] + (self.prior_tril.cpu()[comp] @ eps[..., None])[..., 0]
+
+    @torch.no_grad()
+    def codes(self, data, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code means g(x) [N, d] and labels of a split (in eval mode), in a fixed order."""
+        was = self.training
+        self.eval()
+        zs, ys = [], []
+        for x, y in data.batches(split, 2000, generator=torch.Generator().manual_seed(0)):
+            zs.append(self.encode(x)[0].double().cpu())
+            ys.append(y.cpu())
+            if limit and sum(map(len, zs)) >= limit:
+                break
+        self.train(was)
+        return torch.cat(zs)[:limit], torch.cat(ys)[:limit]
+
+    def setup(self, data) -> None:
+        self._data = data
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        """Refit the mixture prior to 20,000 training codes, starting from the last fit (seconds, not minutes, and
+        resumed runs refit the same way: the last fit is in the checkpoint); returns the codes' mean log-density."""
+        if not hasattr(self, "prior_fitted"):
+            return {}
+        from sklearn.mixture import GaussianMixture
+
+        z = self.codes(self._data, "train", PRIOR_FIT_CODES)[0].numpy()
+        warm = {}
+        if bool(self.prior_fitted):
+            precisions = torch.cholesky_inverse(self.prior_tril.double().cpu())
+            weights = self.prior_weights.double().cpu()
+            warm = {"weights_init": (weights / weights.sum()).numpy(),  # float32 round trip: renormalise
+                    "means_init": self.prior_means.double().cpu().numpy(), "precisions_init": precisions.numpy()}
+        gmm = GaussianMixture(len(self.prior_weights), covariance_type="full", reg_covar=1e-4, max_iter=200,
+                              random_state=0, **warm).fit(z)
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.prior_means.device)  # noqa: E731
+        self.prior_weights.copy_(as_t(gmm.weights_ / gmm.weights_.sum()))
+        self.prior_means.copy_(as_t(gmm.means_))
+        self.prior_tril.copy_(torch.linalg.cholesky(torch.as_tensor(gmm.covariances_)).float())
+        self.prior_fitted.fill_(True)
+        return {"prior_loglik": float(gmm.score(z))}
 
     @torch.no_grad()
     def reconstruct(self, x):
-        return self.decode(self.encoder(x))[0]
+        return self.decode(self.encode(x)[0])[0]
 
     def visuals(self, batch):
         x = batch[0][:32]
         pairs = torch.stack([x, self.reconstruct(x)], 1).flatten(0, 1)  # original, reconstruction, ...
-        return {"reconstructions": pairs, "samples": self.sample(64, torch.Generator().manual_seed(0))}
+        out = {"reconstructions": pairs}
+        for prior in self.priors:  # a fixed noise: the grids of successive epochs are comparable
+            name = "samples" if prior == "standard" else f"samples_{prior}"
+            out[name] = self.sample(64, torch.Generator().manual_seed(0), prior=prior)
+        return out
 
     @torch.no_grad()
     def evaluate(self, data, ctx):
-        """Test ELBO on dequantised pixels, in nats/image and bits/dim, beside two Gaussian baselines."""
+        """Test ELBO and the importance-weighted bound (``iw_samples`` draws, IWAE) on the same dequantised
+        images, in nats/image and bits/dim, beside two Gaussian baselines."""
         self.eval()
         gen = torch.Generator().manual_seed(ctx.seed)
         torch.manual_seed(ctx.seed)
-        total, n = 0.0, 0
+        k = int((getattr(ctx, "options", None) or {}).get("iw_samples") or 0)
+        iw_gen = torch.Generator(self.device).manual_seed(ctx.seed + 1)  # its own draws: the ELBO's stay the same
+        elbo = iw = 0.0
         test = []
         for x, _ in data.batches("test", 1000, generator=gen):
-            total += self.terms(x)["nelbo"].double().sum().item()
-            n += len(x)
+            elbo += self.terms(x)["nelbo"].double().sum().item()
+            if k:
+                chunk = max(1, 4000 // k)  # k decodes per image: bound the memory
+                for i in range(0, len(x), chunk):
+                    logw = self.log_importance_weights(x[i:i + chunk], k, iw_gen).double()
+                    iw -= (torch.logsumexp(logw, 1) - math.log(k)).sum().item()
             test.append(x.flatten(1).double().cpu())
-        nelbo = total / n
-        out = {"test_nelbo_nats": nelbo, "test_bpd": bits_per_dim(nelbo, self.dims), "test_images": n,
+        n = sum(map(len, test))
+        out = {"test_nelbo_nats": elbo / n, "test_bpd": bits_per_dim(elbo / n, self.dims), "test_images": n,
                "covariance": self.covariance}
+        if k:
+            out.update({"test_iw_nll_nats": iw / n, "test_iw_bpd": bits_per_dim(iw / n, self.dims), "iw_samples": k})
         if ctx.baselines:
             train = torch.cat([x.flatten(1).double().cpu() for x, _ in data.batches("train", 5000, generator=gen)])
             out.update(gaussian_baselines(train, torch.cat(test)))
         return out
+
+    def artifacts(self, data, run_dir):
+        """A latent traversal (the 8 most used code dimensions, -3..3 around a test code) and a 2-D t-SNE map of
+        2,000 test codes coloured by digit."""
+        import matplotlib.pyplot as plt
+        from sklearn.manifold import TSNE
+
+        z, y = self.codes(data, "test", 2000)
+        dims = z.var(0).argsort(descending=True)[:8]
+        steps = torch.linspace(-3, 3, 11, dtype=z.dtype)
+        grid = z[:1].repeat(len(dims) * len(steps), 1)
+        for row, d in enumerate(dims):
+            grid[row * len(steps):(row + 1) * len(steps), d] = steps * z[:, d].std()
+        traversal = self.decode(grid.float().to(self.device))[0].cpu()
+        perplexity = max(1.0, min(30.0, (len(z) - 1) / 3))  # small test splits: t-SNE needs perplexity < n
+        xy = TSNE(2, init="pca", random_state=0, perplexity=perplexity).fit_transform(z.numpy())
+        fig, ax = plt.subplots(figsize=(6, 6))
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=y.numpy(), cmap="tab10", s=4)
+        ax.legend(*points.legend_elements(), title="digit", loc="best", fontsize=7)
+        ax.set(title="t-SNE of 2,000 test codes g(x)", xticks=[], yticks=[])
+        save_png(traversal, run_dir / "latent_traversal.png", nrow=len(steps))
+        return {"latent_traversal": traversal, "latent_map": fig}
 
 
 def lower_whitening(precision: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,81 @@
+"""The FID-LeNet evaluator's provenance: one recipe, a hash of its weights, others refused or flagged."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from zoo import fid
+from zoo.config import load_config
+from zoo.errors import ZooError
+from zoo.trainer import fit
+
+
+class Ctx:
+    def __init__(self, evaluator=None):
+        self.options, self.messages, self.device = {"evaluator": evaluator}, [], torch.device("cpu")
+
+    def log(self, msg):
+        self.messages.append(msg)
+
+
+@pytest.fixture(scope="module")
+def off_recipe_lenet(mnist_root, tmp_path_factory):
+    """A LeNet trained on 500 images for one epoch: not the recipe's evaluator."""
+    run = tmp_path_factory.mktemp("fid") / "lenet"
+    fit(load_config("configs/lenet.yaml", [f"data.root={mnist_root}", "data.limit=500", "train.epochs=1",
+                                           "train.device=cpu"]), run)
+    return run
+
+
+def test_recipe_id_follows_what_sets_the_weights_only():
+    base = load_config("configs/lenet.yaml")
+    same = load_config("configs/lenet.yaml", ["data.root=/elsewhere", "train.log_every=7", "name=other",
+                                              "train.device=cpu"])
+    assert fid.recipe_id(base) == fid.recipe_id(same)
+    for change in ("train.epochs=1", "train.seed=5", "model.hidden=64", "data.limit=500", "train.optimizer.lr=0.1"):
+        assert fid.recipe_id(load_config("configs/lenet.yaml", [change])) != fid.recipe_id(base), change
+
+
+def test_weights_hash_names_the_weights():
+    from zoo.models.lenet import LeNet
+
+    torch.manual_seed(0)
+    a = LeNet((1, 28, 28), 10)
+    b = LeNet((1, 28, 28), 10)
+    b.load_state_dict(a.state_dict())
+    assert fid.weights_sha256(a) == fid.weights_sha256(b)
+    with torch.no_grad():
+        b.head[1].bias[0] += 1e-6
+    assert fid.weights_sha256(a) != fid.weights_sha256(b)
+
+
+def test_default_evaluator_from_another_recipe_is_refused(off_recipe_lenet, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    shutil.copytree(off_recipe_lenet, tmp_path / fid.DEFAULT_EVALUATOR)
+    with pytest.raises(ZooError, match="not trained with the recipe configs/lenet.yaml.*--evaluator"):
+        fid.load_evaluator(Ctx())
+
+
+def test_explicit_evaluator_from_another_recipe_is_flagged(off_recipe_lenet):
+    ctx, info = Ctx(str(off_recipe_lenet)), {}
+    lenet = fid.load_evaluator(ctx, info=info)
+    assert info["evaluator_matches_recipe"] is False
+    assert info["evaluator_sha256"] == fid.weights_sha256(lenet)[:16]
+    assert info["evaluator_recipe"] != fid.recipe_id(load_config("configs/lenet.yaml"))
+    assert any("not from the recipe" in m for m in ctx.messages)
+
+
+def test_evaluator_trained_by_the_recipe_is_accepted_and_named(off_recipe_lenet, tmp_path, monkeypatch):
+    """Make the small evaluator's own config the recipe: the default path then takes it, flagged as matching."""
+    recipe = tmp_path / "recipe.yaml"
+    shutil.copy(off_recipe_lenet / "config.yaml", recipe)
+    monkeypatch.setattr(fid, "_recipe_path", lambda: recipe)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    shutil.copytree(off_recipe_lenet, tmp_path / fid.DEFAULT_EVALUATOR)
+    ctx, info = Ctx(), {}
+    fid.load_evaluator(ctx, info=info)
+    assert info["evaluator_matches_recipe"] is True and not ctx.messages
