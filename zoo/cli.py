@@ -133,7 +133,9 @@ def sample(
 
 
 def _prior(model, prior: str, cfg: dict) -> str:
-    have = getattr(model, "priors", ("standard",))
+    have = getattr(model, "priors", None)
+    if not have:  # the model's sample() takes no prior: any --prior is a mistake, not a TypeError later
+        raise ZooError(f"--prior {prior}: model '{cfg['model']['name']}' has a single prior; drop --prior")
     if prior not in have:
         raise ZooError(f"--prior {prior}: model '{cfg['model']['name']}' of this run samples from "
                        f"{' or '.join(have)}" + (" (a fitted prior needs model.prior_components > 0)"
