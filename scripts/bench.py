@@ -167,7 +167,8 @@ class DataLoaderLoop(MinimalLoop):
 
 class ZooLoop:
     """The real Trainer loop, run ``k`` steps at a time through ``train.max_steps``. Its epoch-end work
-    (validation, visuals, checkpoints) is replaced by what the other loops do there: the model's epoch hook."""
+    (validation, the NaN check that guards the epoch's logs and checkpoint, visuals, checkpoints) is replaced
+    by what the other loops do there: the model's epoch hook and the schedules."""
 
     name = "zoo"
 
@@ -182,7 +183,6 @@ class ZooLoop:
         self.stop, self.bs, self.n = StopRequests(), cfg["train"]["batch_size"], tr.data.size("train")
 
         def epoch_end():
-            tr.check_finite()
             tr.model.on_epoch_end(tr.epoch)
             for s in tr.schedulers.values():
                 s.step()

@@ -15,7 +15,7 @@ from conftest import small_vae_config
 from zoo import checkpoint as ckpt_io
 from zoo.config import load_config
 from zoo.registry import create_model
-from zoo.runtime import StopRequests, set_threads
+from zoo.runtime import StepWindow, StopRequests, set_threads
 from zoo.trainer import Trainer, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,9 @@ def lenet_config(root, **train):
 
 def test_a_training_step_reads_nothing_back_to_the_host_between_logs(mnist_root, tmp_path, monkeypatch):
     """Host reads (item, bool, float, tolist) by zoo's code happen only at logging steps; the 3 steps in between
-    read none. (Adam's CPU kernel reads its own step counter, a CPU tensor even when training on a GPU.)"""
+    read none. (Adam's CPU kernel reads its own step counter, a CPU tensor even when training on a GPU.)
+    Reads are due at every log point here; by default they wait up to a second (next test)."""
+    monkeypatch.setattr(StepWindow, "READ_SECONDS", 0.0)
     tr = Trainer(load_config(small_vae_config(mnist_root, log_every=4, max_steps=8)), tmp_path / "r", quiet=True)
     tr.runlog.open(0, {})
     reads: list[tuple[int, str]] = []
@@ -49,6 +51,28 @@ def test_a_training_step_reads_nothing_back_to_the_host_between_logs(mnist_root,
     tr.runlog.close()
     steps_with_reads = sorted({s for s, _, _ in reads})
     assert tr.step == 8 and steps_with_reads and set(steps_with_reads) <= {4, 8}, reads
+
+
+def test_deferred_log_reads_give_the_numbers_of_reads_at_every_log_point(mnist_root, tmp_path, monkeypatch):
+    """Log points read and published a second later, together, log the same means at the same steps as log
+    points published at once; until then nothing is read back, and a checkpoint publishes everything first."""
+    histories = []
+    for i, seconds in enumerate((0.0, 1e9)):
+        monkeypatch.setattr(StepWindow, "READ_SECONDS", seconds)
+        tr = Trainer(load_config(small_vae_config(mnist_root, log_every=2, max_steps=6)), tmp_path / f"r{i}",
+                     quiet=True)
+        tr.runlog.open(0, {})
+        tr._loop(StopRequests())
+        unread = len(tr.window.entries)
+        pending = [row[0] for row in tr.window.logs] + [m[1] for m in tr.window.marks]
+        assert pending == ([] if seconds == 0 else [2, 4, 6]), pending  # deferred: marked, not yet published
+        assert unread == (6 if seconds else 0)  # nothing read back yet
+        tr.save()  # a checkpoint publishes what is pending
+        tr.runlog.close()
+        assert tr.window.logs == tr.window.marks == tr.window.entries == []
+        histories.append(tr.runlog.history)
+    assert [h["step"] for h in histories[0]] == [2, 4, 6]
+    assert histories[0] == histories[1]
 
 
 def test_bf16_autocast_on_the_cpu_trains_and_stays_close_to_fp32(mnist_root, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,22 @@ def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
 
 class RunLog:
     """The run dir's writer. ``history`` (logged training scalars) and ``epochs`` (one row per epoch) are kept
-    in memory and in metrics.json; a resumed run reloads them up to its checkpoint."""
+    in memory and in metrics.json; a resumed run reloads them up to its checkpoint.
+
+    Scalar events are handed to TensorBoard's writer thread in bundles, at most every ``HAND_SECONDS``, and at
+    every flush (before each checkpoint) and close. Each hand-off wakes that thread, which then competes with
+    the training step for the GIL and the cores; one wake-up a second instead of one per logged step is what
+    keeps logging every step (``log_every: 1``) cheap. TensorBoard reads the file every 30 s anyway."""
+
+    HAND_SECONDS = 1.0
 
     def __init__(self, run_dir: Path, cfg: dict, enabled: bool = True):
         self.run_dir, self.cfg, self.enabled = Path(run_dir), cfg, enabled
         self.history: list[dict] = []
         self.epochs: list[dict] = []
         self.writer: Any = _NoWriter()
+        self.pending: list[tuple[Any, int, float]] = []  # (summary, step, wall time) not yet handed over
+        self.handed = time.monotonic()
 
     def reload(self, step: int, epoch: int) -> None:
         """Keep what metrics.json recorded up to a resumed checkpoint (step, epoch), drop what came after."""
@@ -102,28 +112,46 @@ class RunLog:
         except OSError as e:
             raise ZooError(f"cannot write the run dir '{self.run_dir}' ({e.strerror or e}); pick another "
                            f"--run-dir or free the disk") from None
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=step + 1 if step else None)
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=step + 1 if step else None, max_queue=100_000)
         if step == 0:
             self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", 0)
 
     def flush(self) -> None:
         """Events on disk up to now: called before every checkpoint, so a crash loses no logged step."""
+        self._hand_over()
         self.writer.flush()
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        """A step's scalars as one TensorBoard event: one protobuf and one queue write, not one per scalar."""
+        """A step's scalars as one TensorBoard event (one protobuf, not one per scalar), handed over in bundles."""
         if not values or isinstance(self.writer, _NoWriter):
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard.summary import scalar
 
-        merged = Summary(value=[v for k, x in values.items() for v in scalar(k, float(x)).value])
-        self.writer._get_file_writer().add_summary(merged, step)
+        self._queue(Summary(value=[Summary.Value(tag=k, simple_value=float(x)) for k, x in values.items()]), step)
+
+    def _queue(self, summary, step: int) -> None:
+        self.pending.append((summary, step, time.time()))
+        if time.monotonic() - self.handed >= self.HAND_SECONDS:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self.pending:
+            writer = self.writer._get_file_writer()
+            for summary, step, wall in self.pending:
+                writer.add_summary(summary, step, wall)
+            self.pending = []
+        self.handed = time.monotonic()
 
     def train_scalars(self, values: dict[str, float], step: int, epoch: int, rate: float) -> None:
         """Averaged training terms every ``log_every`` steps, with the throughput (items/s)."""
-        self.scalars({**{f"train/{k}": v for k, v in values.items()}, "train/items_per_s": rate}, step)
         self.history.append({"step": step, "epoch": epoch, **values})
+        if isinstance(self.writer, _NoWriter):
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        merged = [Summary.Value(tag="train/" + k, simple_value=v) for k, v in values.items()]
+        merged.append(Summary.Value(tag="train/items_per_s", simple_value=rate))
+        self._queue(Summary(value=merged), step)
 
     def epoch_row(self, row: dict[str, Any]) -> None:
         self.scalars({k: v for k, v in row.items() if k not in ("epoch", "step")}, row["step"])
@@ -171,4 +199,6 @@ class RunLog:
         self.scalars(metrics, step)
 
     def close(self) -> None:
+        if not isinstance(self.writer, _NoWriter):
+            self._hand_over()
         self.writer.close()

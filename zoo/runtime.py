@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import signal
 import threading
+import time
 from typing import Any
 
 import torch
@@ -88,44 +90,94 @@ def set_threads(local_world: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each term's mean over the rows that have it."""
+    if len(rows) == 1:  # log_every: 1
+        return dict(rows[0])
+    sums: dict[str, list[float]] = {}
+    for terms in rows:
+        for k, v in terms.items():
+            sums.setdefault(k, []).append(v)
+    return {k: math.fsum(v) / len(v) for k, v in sums.items()}
+
+
 def _is_loss(key: str) -> bool:
     return key == "loss" or key.endswith("/loss")
 
 
 class StepWindow:
-    """The detached terms of the steps since the last log, kept on the device: a step adds a reference, not a
-    tensor op or a host read. ``means`` and ``first_nonfinite`` read them in one host sync each."""
+    """The detached terms of the steps since the last read, kept on the device: a step adds a reference, not a
+    tensor op or a host read. Log points are marked as they pass; a read brings the terms to the host together
+    (one stack, one host sync), notes the first NaN/inf loss and keeps each log point's means (over its steps
+    since the previous log point of its epoch). Reads wait for ``publish``, which the trainer calls at most every
+    ``READ_SECONDS`` and before each checkpoint: on the CPU too, where a read costs no sync, one read per
+    second is cheaper than one per log point (one stack, one Python pass, one bundle of events)."""
+
+    READ_SECONDS = 1.0
 
     def __init__(self):
-        self.entries: list[tuple[int, dict[str, torch.Tensor]]] = []
-        self.checked = 0  # entries already checked for NaN/inf
+        self.entries: list[tuple[int, dict[str, torch.Tensor]]] = []  # not yet read
+        self.open: list[tuple[int, dict[str, float]]] = []  # read, after the last log point
+        self.marks: list[tuple] = []  # (last step, log step, epoch, seen, seconds); log step None: not logged
+        self.logs: list[tuple] = []  # read log points: (step, epoch, seen, seconds, means)
+        self.bad: tuple[int, str, dict[str, float]] | None = None  # the first NaN/inf loss read
+        self.published_at = time.monotonic()
 
     def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         self.entries.append((step, terms))
 
-    def clear(self) -> None:
-        self.entries, self.checked = [], 0
+    def mark(self, step: int, epoch: int, seen, seconds: float) -> None:
+        """A log point after ``step``: ``seen`` items (an int or a 0-d tensor) in ``seconds`` of its epoch."""
+        self.marks.append((step, step, epoch, seen, seconds))
 
-    def means(self) -> dict[str, float]:
-        """Each term's mean over the steps that logged it."""
-        keys = list(dict.fromkeys(k for _, terms in self.entries for k in terms))
-        if not keys:
-            return {}
-        means = torch.stack([torch.stack([t[k] for _, t in self.entries if k in t]).float().mean() for k in keys])
-        return dict(zip(keys, means.tolist()))
+    def cut(self) -> None:
+        """An epoch starts: the last one's steps after its last log point are checked but not logged."""
+        last = self.entries[-1][0] if self.entries else (self.open[-1][0] if self.open else None)
+        if last is not None:
+            self.marks.append((last, None, None, None, None))
+
+    def due(self) -> bool:
+        return time.monotonic() - self.published_at >= self.READ_SECONDS
+
+    def read(self) -> None:
+        if self.entries:
+            values = [v for _, terms in self.entries for v in terms.values()]
+            if not values:  # steps whose update was skipped (train.on_nonfinite: skip) log nothing
+                flat = iter(())
+            elif all(v.dim() == 0 for v in values):
+                flat = iter(torch.stack(values).float().tolist())
+            else:  # a non-scalar term: its mean, or its sum if an element is not finite (NaN/inf then shows)
+                flat = iter(torch.stack([v.float().mean() if bool(v.isfinite().all()) else v.float().sum()
+                                         for v in values]).tolist())
+            rows = [(step, {k: next(flat) for k in terms}) for step, terms in self.entries]
+            self.entries = []
+            if self.bad is None:
+                self.bad = next(((step, k, terms) for step, terms in rows for k, v in terms.items()
+                                 if _is_loss(k) and not math.isfinite(v)), None)
+            self.open.extend(rows)
+        i = 0
+        for last, step, epoch, seen, seconds in self.marks:
+            j = i
+            while j < len(self.open) and self.open[j][0] <= last:
+                j += 1
+            if step is not None and j > i:
+                self.logs.append((step, epoch, seen, seconds, _means([t for _, t in self.open[i:j]])))
+            i = j
+        del self.open[:i]
+        self.marks = []
+
+    def take_logs(self) -> list[tuple[int, int, Any, float, dict[str, float]]]:
+        """(step, epoch, seen, seconds, means) of each log point since the last call."""
+        self.read()
+        out, self.logs, self.published_at = self.logs, [], time.monotonic()
+        return out
 
     def first_nonfinite(self, dist, single: str) -> tuple[int, str, str, float] | None:
-        """(step, optimizer, term, value) of the first NaN/inf loss not yet checked, or None. A collective."""
-        new, self.checked = self.entries[self.checked:], len(self.entries)
-        losses = [v for _, terms in new for k, v in terms.items() if _is_loss(k)]
-        ok = torch.stack(losses).isfinite().all() if losses else True
-        if not dist.any(not bool(ok)):
+        """(step, optimizer, term, value) of the first NaN/inf loss read, or None. A collective."""
+        self.read()
+        if not dist.any(self.bad is not None) or self.bad is None:
             return None
-        for step, terms in new:
-            for k, v in terms.items():
-                if _is_loss(k) and not bool(v.isfinite().all()):
-                    prefix = k[:-len("loss")]  # "d/" when a model has several optimizers
-                    bad = next((j for j, u in terms.items() if j.startswith(prefix) and j != k
-                                and not bool(u.isfinite().all())), k)
-                    return step, prefix.rstrip("/") or single, bad[len(prefix):], float(terms[bad].float().sum())
-        return None
+        step, k, terms = self.bad
+        prefix = k[:-len("loss")]  # "d/" when a model has several optimizers
+        bad = next((j for j, u in terms.items() if j.startswith(prefix) and j != k and not math.isfinite(u)), k)
+        return step, prefix.rstrip("/") or single, bad[len(prefix):], terms[bad]

@@ -66,7 +66,7 @@ class Trainer:
         self.autocast = autocast(self.device, t["precision"])  # one context, entered once per step
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
         self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped = 0, 0, 0, None, 0
-        self.window = StepWindow()  # terms since the last log, read there: no host sync inside a step
+        self.window = StepWindow()  # no host sync inside a step; log points read together, <= 1 s later
         self.best = math.inf
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
@@ -153,6 +153,8 @@ class Trainer:
         """Rank 0 writes. ``last`` is collective (all ranks call it at the same step); ``best`` is not. Before
         ``last``, metrics.json and the events are written up to this step: a crash loses no logged step."""
         self.check_finite()
+        if which == "last":
+            self.publish()  # every rank: under torchrun the log points' means are averaged
         state = self.state(all_ranks=which == "last")
         if not self.dist.is_main:
             return
@@ -169,6 +171,19 @@ class Trainer:
             raise ZooError(f"could not write {which}.pt in {directory} ({e.strerror or e}); the last good "
                            f"checkpoint (step {self.saved_step}) is kept; free the disk and resume") from None
 
+    def publish(self, bar: Progress | None = None) -> None:
+        """The log points passed since the last read: NaN check, then their means to TensorBoard, the metrics
+        history and the progress bar. A collective under torchrun (the ranks' means are averaged)."""
+        self.check_finite()
+        values, rate, world = None, 0.0, self.dist.world
+        for step, epoch, seen, seconds, values in self.window.take_logs():
+            if world > 1:
+                values = self.dist.mean(values)
+            rate = float(seen) * world / max(seconds, 1e-9)
+            self.runlog.train_scalars(values, step, epoch, rate)
+        if bar is not None and values is not None:
+            bar.show(values, rate)
+
     def check_finite(self) -> None:
         """A NaN/inf loss since the last check stops the run before any checkpoint holds it."""
         if (found := self.window.first_nonfinite(self.dist, next(iter(self.optimizers), "main"))) is None:
@@ -184,21 +199,29 @@ class Trainer:
         """One batch: every optimizer of the model's schedule in turn. Returns detached terms. No host sync,
         except with ``on_nonfinite: skip``, which must read each loss before deciding to step."""
         model, t = self.model, self.cfg["train"]
+        if not self.several:  # the common case, kept lean: tiny models' steps take 0.1 ms
+            name = self.schedule[0]
+            terms = self._update(model, name, batch, t)
+            return {} if terms is None else {k: v.detach() for k, v in terms.items()}
         logged: dict[str, torch.Tensor] = {}
-        schedule, several = self.schedule, self.several
-        for name in schedule:
-            if model.manual_update:
-                with torch.no_grad():
-                    terms = model.training_step(batch, optimizer=name)
-            else:
-                with self.autocast:
-                    terms = model.training_step(batch, optimizer=name)
-                if t["on_nonfinite"] == "skip" and self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
-                    self.skipped += 1
-                    continue
-                apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
-            logged.update({f"{name}/{k}" if several else k: v.detach() for k, v in terms.items()})
+        for name in self.schedule:
+            terms = self._update(model, name, batch, t)
+            if terms is not None:
+                logged.update({f"{name}/{k}": v.detach() for k, v in terms.items()})
         return logged
+
+    def _update(self, model, name: str, batch, t: dict) -> dict[str, torch.Tensor] | None:
+        """Optimizer ``name``'s step on ``batch``: its terms, or None when a non-finite loss was skipped."""
+        if model.manual_update:
+            with torch.no_grad():
+                return model.training_step(batch, optimizer=name)
+        with self.autocast:
+            terms = model.training_step(batch, optimizer=name)
+        if t["on_nonfinite"] == "skip" and self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
+            self.skipped += 1
+            return None
+        apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
+        return terms
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -258,14 +281,15 @@ class Trainer:
         """Epochs until done, ``max_steps`` (status "stopped") or a stop request ("interrupted")."""
         t = self.cfg["train"]
         bs, log_every, ckpt_every, max_steps = t["batch_size"], t["log_every"], t["ckpt_every"], t["max_steps"]
-        status = "finished"
+        status, dist_on, window = "finished", self.dist.enabled, self.window
         while self.epoch < t["epochs"]:
             if self.dist.any(stop.requested is not None):
                 return "interrupted"
             order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch).to(self.device))
             n_batches = self.data.num_batches("train", bs, order)
-            bar = Progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{t['epochs']}", not self.quiet)
-            self.window.clear()
+            desc = "" if self.quiet else f"epoch {self.epoch + 1}/{t['epochs']}"
+            bar = Progress(n_batches, self.batch_in_epoch, desc, not self.quiet)
+            window.cut()
             seen, t0 = 0, time.perf_counter()
             for batch in self.data.batches("train", bs, order=order, skip=self.batch_in_epoch, generator=self.noise,
                                            augment=True):
@@ -278,21 +302,21 @@ class Trainer:
                 self.model.on_train_batch_end(self.step)
                 self.batch_in_epoch += 1
                 seen = seen + num_items(batch)
-                self.window.add(self.step, terms)
+                window.add(self.step, terms)
                 if log_every and self.step % log_every == 0:
-                    self.check_finite()
-                    values = self.dist.mean(self.window.means())
-                    rate = float(seen) * self.dist.world / (time.perf_counter() - t0)
-                    self.runlog.train_scalars(values, self.step, self.epoch, rate)
-                    bar.show(values, rate)
-                    self.window.clear()
+                    window.mark(self.step, self.epoch, seen, time.perf_counter() - t0)
+                    if dist_on or window.due():
+                        self.publish(bar)
                 bar.tick()
                 if ckpt_every and self.step % ckpt_every == 0:
                     self.save()
                 if max_steps and self.step >= max_steps:
                     status = "stopped"
                     break
-                if self.dist.any(stop.requested is not None):
+                requested = stop.requested is not None
+                if dist_on:  # every rank stops after the same step
+                    requested = self.dist.any(requested)
+                if requested:
                     status = "interrupted"
                     break
             bar.close()
@@ -305,11 +329,15 @@ class Trainer:
 
     def end_epoch(self) -> None:
         """Epoch bookkeeping: model hook, validation, visuals, schedulers, checkpoints, metrics."""
-        self.check_finite()
-        extra = self.model.on_epoch_end(self.epoch)
-        self.dist.broadcast_module(self.model, buffers_only=True)  # batch-norm statistics follow rank 0
-        row = {"epoch": self.epoch, "step": self.step, **{f"train/{k}": v for k, v in extra.items()},
-               **self.validate()}
+        try:
+            extra = self.model.on_epoch_end(self.epoch)
+            self.dist.broadcast_module(self.model, buffers_only=True)  # batch-norm statistics follow rank 0
+            row = {"epoch": self.epoch, "step": self.step, **{f"train/{k}": v for k, v in extra.items()},
+                   **self.validate()}
+        except Exception:  # a hook or a validation step that fails on weights a NaN reached: report the NaN
+            self.check_finite()
+            raise
+        self.check_finite()  # the epoch's last steps, before anything of this epoch is logged or saved
         key = self.cfg["train"]["best_metric"]
         _check_metric(key, [k for k in row if k not in ("epoch", "step")])
         self.runlog.epoch_row(row)

@@ -164,7 +164,7 @@ class DataModule:
         return "val" if "val" in self.splits else "test"
 
     def size(self, split: str) -> int:
-        return len(self.tensors(split)[0])
+        return self.tensors(split)[0].shape[0]
 
     def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
         """The whole stored split, un-transformed (model initialisation and evaluation read it)."""
@@ -203,9 +203,12 @@ class DataModule:
         if augment and split != "train":
             raise ValueError(f"augmentation is for the training split only, not '{split}'")
         parts = self.tensors(split)
-        n = len(parts[0]) if order is None else len(order)
-        for start in range(skip * batch_size, n, batch_size):
-            idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        if order is None:
+            n = parts[0].shape[0]
+            rows = (slice(i, i + batch_size) for i in range(skip * batch_size, n, batch_size))
+        else:  # one split into views, not a Python slice per batch
+            rows = order[skip * batch_size:].split(batch_size)
+        for idx in rows:
             batch = self.collate(split, tuple(t[idx] for t in parts), generator)
             yield self._add_input_noise(self.augment(batch, generator), generator) if augment else batch
 
@@ -222,10 +225,12 @@ class DataModule:
         n = self.size("train")
         if not self.shuffle:
             return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        if (gen := getattr(self, "_order_generator", None)) is None:  # one generator, re-seeded every epoch
+            gen = self._order_generator = torch.Generator()
+        return torch.randperm(n, generator=gen.manual_seed(seed * 1_000_003 + epoch))
 
     def num_batches(self, split: str, batch_size: int, order: torch.Tensor | None = None) -> int:
-        n = self.size(split) if order is None else len(order)
+        n = self.size(split) if order is None else order.shape[0]
         return -(-n // batch_size)
 
 
