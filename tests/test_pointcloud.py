@@ -256,10 +256,39 @@ def test_zoo_train_and_eval_beat_chance(mnist_root, tmp_path, capsys):
     assert epochs[-1]["val/acc"] > 0.5 and epochs[-1]["val/acc"] > epochs[0]["val/acc"] - 0.05  # chance: 0.1
     assert (run / "samples" / "point_clouds_epoch002.png").stat().st_size > 1000  # the per-epoch figure
     capsys.readouterr()
-    assert main(["eval", str(run), "--json", "--device", "cpu"]) == 0
+    assert main(["eval", str(run), "--json", "--device", "cpu", "--views", "3", "--no-baselines"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_test"] == 10000 and out["test_accuracy"] > 0.5 and out["num_parameters"] > 1000
+    assert out["views"] == 3 and out["test_accuracy_voted"] > 0.5 and out["test_accuracy_voted"] != out["test_accuracy"]
+    assert main(["eval", str(run), "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "test_accuracy_voted" not in out  # no voting unless asked
     assert 0.1 < out["baseline_nearest_centroid_histogram"] < 1 and 0.1 < out["baseline_logistic_histogram"] < 1
+
+
+def test_voting_averages_the_log_probabilities_of_rotated_copies(digits):
+    """predict(views=V) is the mean log-softmax over copies rotated by -θ..θ; one view is the cloud itself."""
+    torch.manual_seed(0)
+    model = PointNet((256, 2), 10, widths=(16, 32), head=(16,)).eval()
+    x = digits.tensors("test")[0][:8]
+    assert torch.allclose(model.predict(x), model(x).log_softmax(-1), atol=1e-6)
+    expected = 0
+    for deg in (-15.0, -5.0, 5.0, 15.0):
+        a = torch.deg2rad(torch.tensor(deg))
+        rot = torch.stack([torch.stack([a.cos(), a.sin()]), torch.stack([-a.sin(), a.cos()])])
+        expected = expected + model(x @ rot).log_softmax(-1) / 4
+    assert torch.allclose(model.predict(x, views=4, max_degrees=15.0), expected, atol=1e-5)
+    assert not torch.allclose(expected, model(x).log_softmax(-1), atol=1e-3)  # the copies really differ
+
+
+def test_views_on_a_model_that_does_not_vote_is_one_line_exit_2(tmp_path, capsys, mnist_root):
+    run = tmp_path / "lin"
+    assert main(["train", str(ROOT / "configs" / "instance_noise.yaml"), "train.epochs=1", "--run-dir", str(run),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--views", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--views" in err[0] and "drop --views" in err[0]
 
 
 def test_set_abstraction_trains(mnist_root, tmp_path):

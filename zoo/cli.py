@@ -184,6 +184,9 @@ def evaluate(
                                    help="importance samples per test image for likelihood bounds (0: skip)"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                    help="reference methods on the same data (the slow part of some evals)"),
+    views: int = typer.Option(1, "--views", min=1, max=360,
+                              help="also vote over this many augmented copies of each test item (models that "
+                                   "support it, e.g. point clouds: rotations); 1: no voting"),
 ):
     """Report a trained model's metrics (with baselines measured on the same data)."""
     import torch
@@ -198,14 +201,16 @@ def evaluate(
     if data_path is not None and not model.evaluates_files:
         raise ZooError(f"--data: model '{cfg['model']['name']}' evaluates on its own data split, not on a file; "
                        f"drop --data")
+    if views > 1 and not model.evaluates_views:
+        raise ZooError(f"--views: model '{cfg['model']['name']}' does not vote over augmented copies; drop --views")
     if data_path is not None and not data_path.is_file():
         raise ZooError(f"--data {data_path}: no such file")
     seed_everything(seed)
     data = create_data(**cfg["data"]).to(dev)
     path = find_checkpoint(run, checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    ctx = EvalContext(dev, run_dir, seed, cfg, {"evaluator": evaluator, "data": data_path, "iw_samples": iw_samples},
-                      baselines)
+    options = {"evaluator": evaluator, "data": data_path, "iw_samples": iw_samples, "views": views}
+    ctx = EvalContext(dev, run_dir, seed, cfg, options, baselines)
     out: dict[str, Any] = {"run": str(run_dir), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
     with torch.no_grad():
         out.update(model.evaluate(data, ctx))

@@ -114,6 +114,7 @@ class StepWindow:
     second is cheaper than one per log point (one stack, one Python pass, one bundle of events)."""
 
     READ_SECONDS = 1.0
+    MAX_HELD = 256
 
     def __init__(self):
         self.entries: list[tuple[int, dict[str, torch.Tensor]]] = []  # not yet read
@@ -137,7 +138,8 @@ class StepWindow:
             self.marks.append((last, None, None, None, None))
 
     def due(self) -> bool:
-        return time.monotonic() - self.published_at >= self.READ_SECONDS
+        """A second since the last read, or many steps held: thousands of live tensors slow Python's collector."""
+        return len(self.entries) >= self.MAX_HELD or time.monotonic() - self.published_at >= self.READ_SECONDS
 
     def read(self) -> None:
         if self.entries:

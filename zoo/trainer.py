@@ -1,10 +1,9 @@
 """The one training loop. It knows no model or dataset by name: models speak through the ZooModel contract
 (zoo/models/base.py), data through the DataModule contract (zoo/data/base.py); the run dir is RunLog's.
 
-Build order, so a bad config costs nothing: config, the data's declared info (no tensors), model, tensors.
-State is explicit (epoch, step, batch in epoch, every RNG, the data generator), and data order is a function
-of (seed, epoch): a run resumed from any step continues with the numbers of an uninterrupted one. Under
-torchrun each process trains on its shard of that order and gradients are averaged (zoo/distributed.py).
+Build order, so a bad config costs nothing: config, the data's declared info (no tensors), model, tensors. State
+is explicit (epoch, step, batch in epoch, every RNG), and data order is a function of (seed, epoch): a resumed run
+continues with the numbers of an uninterrupted one; under torchrun each process trains on its shard of it.
 """
 from __future__ import annotations
 
@@ -65,9 +64,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
         self.autocast = autocast(self.device, t["precision"])  # one context, entered once per step
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
-        self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped = 0, 0, 0, None, 0
+        self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped, self.best = 0, 0, 0, None, 0, math.inf
         self.window = StepWindow()  # no host sync inside a step; log points read together, <= 1 s later
-        self.best = math.inf
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
         if resume_ckpt is not None:
@@ -122,8 +120,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-            "nonfinite_skips": self.skipped,
-            "rng": ckpt_io.rng_state(), "noise_rng": self.noise.get_state(),
+            "nonfinite_skips": self.skipped, "rng": ckpt_io.rng_state(), "noise_rng": self.noise.get_state(),
         }
         if self.dist.enabled and all_ranks:
             out["rank_rng"] = self.dist.gather_object({"rng": out["rng"], "noise_rng": out["noise_rng"]})
@@ -131,10 +128,9 @@ class Trainer:
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(ck["schedulers"][k])
+        for key, objects in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
+            for k, o in objects.items():
+                o.load_state_dict(ck[key][k])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
         self.best, self.skipped, self.saved_step = ck["best"], ck.get("nonfinite_skips", 0), ck["step"]
@@ -152,9 +148,7 @@ class Trainer:
     def save(self, which: str = "last") -> None:
         """Rank 0 writes. ``last`` is collective (all ranks call it at the same step); ``best`` is not. Before
         ``last``, metrics.json and the events are written up to this step: a crash loses no logged step."""
-        self.check_finite()
-        if which == "last":
-            self.publish()  # every rank: under torchrun the log points' means are averaged
+        self.publish() if which == "last" else self.check_finite()  # publish: the NaN check, then the log points
         state = self.state(all_ranks=which == "last")
         if not self.dist.is_main:
             return
@@ -175,11 +169,9 @@ class Trainer:
         """The log points passed since the last read: NaN check, then their means to TensorBoard, the metrics
         history and the progress bar. A collective under torchrun (the ranks' means are averaged)."""
         self.check_finite()
-        values, rate, world = None, 0.0, self.dist.world
+        values, rate = None, 0.0
         for step, epoch, seen, seconds, values in self.window.take_logs():
-            if world > 1:
-                values = self.dist.mean(values)
-            rate = float(seen) * world / max(seconds, 1e-9)
+            values, rate = self.dist.mean(values), float(seen) * self.dist.world / max(seconds, 1e-9)
             self.runlog.train_scalars(values, step, epoch, rate)
         if bar is not None and values is not None:
             bar.show(values, rate)
@@ -190,45 +182,35 @@ class Trainer:
             return
         step, optimizer, bad, value = found
         where = f"last.pt at step {self.saved_step}" if self.saved_step is not None else "no checkpoint yet"
-        raise ZooError(f"step {step}: loss term '{bad}' is {value} (optimizer "
-                       f"'{optimizer}'); training stopped, keeping {where} in {self.run_dir}; lower the learning "
-                       f"rate, or set train.on_nonfinite=skip to skip such batches")
+        raise ZooError(f"step {step}: loss term '{bad}' is {value} (optimizer '{optimizer}'); training stopped, "
+                       f"keeping {where} in {self.run_dir}; lower the learning rate, or set train.on_nonfinite=skip "
+                       f"to skip such batches")
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         """One batch: every optimizer of the model's schedule in turn. Returns detached terms. No host sync,
         except with ``on_nonfinite: skip``, which must read each loss before deciding to step."""
-        model, t = self.model, self.cfg["train"]
-        if not self.several:  # the common case, kept lean: tiny models' steps take 0.1 ms
-            name = self.schedule[0]
-            terms = self._update(model, name, batch, t)
-            return {} if terms is None else {k: v.detach() for k, v in terms.items()}
-        logged: dict[str, torch.Tensor] = {}
+        model, t, logged = self.model, self.cfg["train"], {}
         for name in self.schedule:
-            terms = self._update(model, name, batch, t)
-            if terms is not None:
-                logged.update({f"{name}/{k}": v.detach() for k, v in terms.items()})
+            if model.manual_update:
+                with torch.no_grad():
+                    terms = model.training_step(batch, optimizer=name)
+            else:
+                with self.autocast:
+                    terms = model.training_step(batch, optimizer=name)
+                if t["on_nonfinite"] == "skip" and self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
+                    self.skipped += 1
+                    continue
+                apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
+            prefix = f"{name}/" if self.several else ""
+            logged.update({prefix + k: v.detach() if v.requires_grad else v for k, v in terms.items()})
         return logged
-
-    def _update(self, model, name: str, batch, t: dict) -> dict[str, torch.Tensor] | None:
-        """Optimizer ``name``'s step on ``batch``: its terms, or None when a non-finite loss was skipped."""
-        if model.manual_update:
-            with torch.no_grad():
-                return model.training_step(batch, optimizer=name)
-        with self.autocast:
-            terms = model.training_step(batch, optimizer=name)
-        if t["on_nonfinite"] == "skip" and self.dist.any(not bool(torch.isfinite(terms["loss"].detach()))):
-            self.skipped += 1
-            return None
-        apply_update(self.optimizers[name], terms["loss"], self.scaler, self.dist, t["grad_clip"])
-        return terms
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation metrics averaged over items, each batch weighted by its ``num_items``."""
         self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        n = 0
+        sums, n = {}, 0
         gen = torch.Generator().manual_seed(12345)  # same validation noise every epoch: comparable numbers
         for batch in self.data.batches(self.data.val_split, self.cfg["train"]["eval_batch_size"], generator=gen):
             b = num_items(batch)
@@ -271,8 +253,7 @@ class Trainer:
         if status == "finished" and self.dist.is_main:
             self.finish()
         elif status == "interrupted":
-            self.log(f"{stop.requested or 'stop request'}: saved {self.run_dir} at epoch {self.epoch}, "
-                     f"step {self.step}")
+            self.log(f"{stop.requested or 'stop'}: saved {self.run_dir} at epoch {self.epoch}, step {self.step}")
         self.runlog.close()
         self.dist.close()
         return out
@@ -287,8 +268,7 @@ class Trainer:
                 return "interrupted"
             order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch).to(self.device))
             n_batches = self.data.num_batches("train", bs, order)
-            desc = "" if self.quiet else f"epoch {self.epoch + 1}/{t['epochs']}"
-            bar = Progress(n_batches, self.batch_in_epoch, desc, not self.quiet)
+            bar = Progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{t['epochs']}", not self.quiet)
             window.cut()
             seen, t0 = 0, time.perf_counter()
             for batch in self.data.batches("train", bs, order=order, skip=self.batch_in_epoch, generator=self.noise,
@@ -313,10 +293,8 @@ class Trainer:
                 if max_steps and self.step >= max_steps:
                     status = "stopped"
                     break
-                requested = stop.requested is not None
-                if dist_on:  # every rank stops after the same step
-                    requested = self.dist.any(requested)
-                if requested:
+                requested = stop.requested is not None  # under torchrun every rank stops after the same step
+                if self.dist.any(requested) if dist_on else requested:
                     status = "interrupted"
                     break
             bar.close()
@@ -343,11 +321,9 @@ class Trainer:
         self.runlog.epoch_row(row)
         for s in self.schedulers.values():
             s.step()
-        self.runlog.scalars({f"lr/{name}": o.param_groups[0]["lr"] for name, o in self.optimizers.items()},
-                            self.step)
+        self.runlog.scalars({f"lr/{n}": o.param_groups[0]["lr"] for n, o in self.optimizers.items()}, self.step)
         self.log_visuals(self.epoch)
-        self.epoch += 1
-        self.batch_in_epoch = 0
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         if key in row and row[key] < self.best:
             self.best = row[key]
             self.save("best")

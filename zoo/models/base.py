@@ -27,6 +27,9 @@ class ZooModel(nn.Module):
     #: True when ``evaluate`` reads ``ctx.options["data"]`` (``zoo eval --data PATH``: held-out items in a file).
     evaluates_files: bool = False
 
+    #: True when ``evaluate`` reads ``ctx.options["views"]`` (``zoo eval --views V``: voting over augmented copies).
+    evaluates_views: bool = False
+
     # ---- training -------------------------------------------------------------------------------------------
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         """Parameters of each optimizer, by name. One optimizer named ``main`` unless overridden (GAN: d, g)."""

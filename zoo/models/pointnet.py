@@ -192,6 +192,7 @@ class PointClassifier(ZooModel):
     Subclasses define ``features(x) -> F [B, feature_dim]``."""
 
     goal = 0.99
+    evaluates_views = True  # zoo eval --views V: voting over rotated copies
 
     def _init_common(self, input_shape, head, dropout, name: str) -> int:
         if len(input_shape) != 2 or input_shape[1] < 2:
@@ -219,23 +220,41 @@ class PointClassifier(ZooModel):
         return {"loss": cross_entropy(logits.float(), y).mean(), "acc": (logits.argmax(1) == y).float().mean()}
 
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> float:
+    def predict(self, x: torch.Tensor, views: int = 1, max_degrees: float = 0.0) -> torch.Tensor:
+        """Class log-probabilities [B, C]; with ``views`` > 1, averaged over copies rotated by angles evenly
+        spaced in [-max_degrees, max_degrees] (the training augmentation's range): multi-view voting."""
+        angles = torch.linspace(-max_degrees, max_degrees, views) if views > 1 else torch.zeros(1)
+        total = 0
+        for a in torch.deg2rad(angles).tolist():
+            c, s = math.cos(a), math.sin(a)
+            rot = torch.tensor([[c, s], [-s, c]], device=x.device, dtype=x.dtype)  # row vectors: xy @ rot
+            total = total + self(torch.cat([x[..., :2] @ rot, x[..., 2:]], -1)).float().log_softmax(-1)
+        return total / len(angles)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250, views: int = 1,
+                 max_degrees: float = 0.0) -> float:
         was = self.training
         self.eval()
-        correct = sum((self(x[i:i + batch_size].to(self.device)).argmax(1).cpu() == y[i:i + batch_size].cpu())
-                      .sum().item() for i in range(0, len(x), batch_size))
+        correct = sum((self.predict(x[i:i + batch_size].to(self.device), views, max_degrees).argmax(1).cpu()
+                       == y[i:i + batch_size].cpu()).sum().item() for i in range(0, len(x), batch_size))
         self.train(was)
         return correct / len(x)
 
     def evaluate(self, data, ctx):
         """Test accuracy, with baselines on the same clouds: the majority class, and a nearest-centroid and a
         logistic-regression classifier of each cloud's 8×8 occupancy histogram (how much the arrangement of
-        the points, not just where they fall, is worth)."""
+        the points, not just where they fall, is worth). ``zoo eval --views V``: also the accuracy of voting
+        over V rotated copies of each cloud, within the training rotation range."""
         x, y = data.tensors("test")
         acc = self.accuracy(x, y)
         out = {"test_accuracy": acc, "test_error": 1 - acc, "goal_accuracy": self.goal, "meets_goal": acc >= self.goal,
                "num_parameters": sum(p.numel() for p in self.parameters()), "n_test": len(y),
                "baseline_majority_class": torch.bincount(y.cpu()).max().item() / len(y)}
+        views = int((getattr(ctx, "options", None) or {}).get("views") or 1)
+        if views > 1:
+            voted = self.accuracy(x, y, views=views, max_degrees=float(getattr(data, "rotate", 0.0)))
+            out.update({"views": views, "test_accuracy_voted": voted, "meets_goal_voted": voted >= self.goal})
         if ctx.baselines:
             out.update(histogram_baselines(*data.tensors("train"), x, y))
         return out
