@@ -127,9 +127,7 @@ class RunLog:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        self._queue(Summary(value=[Summary.Value(tag=k, simple_value=float(x)) for k, x in values.items()]), step)
-
-    def _queue(self, summary, step: int) -> None:
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=float(x)) for k, x in values.items()])
         self.pending.append((summary, step, time.time()))
         if time.monotonic() - self.handed >= self.HAND_SECONDS:
             self._hand_over()
@@ -145,13 +143,7 @@ class RunLog:
     def train_scalars(self, values: dict[str, float], step: int, epoch: int, rate: float) -> None:
         """Averaged training terms every ``log_every`` steps, with the throughput (items/s)."""
         self.history.append({"step": step, "epoch": epoch, **values})
-        if isinstance(self.writer, _NoWriter):
-            return
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        merged = [Summary.Value(tag="train/" + k, simple_value=v) for k, v in values.items()]
-        merged.append(Summary.Value(tag="train/items_per_s", simple_value=rate))
-        self._queue(Summary(value=merged), step)
+        self.scalars({**{"train/" + k: v for k, v in values.items()}, "train/items_per_s": rate}, step)
 
     def epoch_row(self, row: dict[str, Any]) -> None:
         self.scalars({k: v for k, v in row.items() if k not in ("epoch", "step")}, row["step"])
@@ -199,6 +191,5 @@ class RunLog:
         self.scalars(metrics, step)
 
     def close(self) -> None:
-        if not isinstance(self.writer, _NoWriter):
-            self._hand_over()
+        self._hand_over()  # pending events exist only with a real writer
         self.writer.close()

@@ -109,9 +109,9 @@ class StepWindow:
     """The detached terms of the steps since the last read, kept on the device: a step adds a reference, not a
     tensor op or a host read. Log points are marked as they pass; a read brings the terms to the host together
     (one stack, one host sync), notes the first NaN/inf loss and keeps each log point's means (over its steps
-    since the previous log point of its epoch). Reads wait for ``publish``, which the trainer calls at most every
-    ``READ_SECONDS`` and before each checkpoint: on the CPU too, where a read costs no sync, one read per
-    second is cheaper than one per log point (one stack, one Python pass, one bundle of events)."""
+    since the previous log point of its epoch). Reads wait for ``publish``, which the trainer calls when ``due``
+    (``READ_SECONDS`` since the last, or ``MAX_HELD`` steps held) and before each checkpoint: on the CPU too,
+    where a read costs no sync, one read per second is cheaper than one per log point.""" 
 
     READ_SECONDS = 1.0
     MAX_HELD = 256
