@@ -46,7 +46,8 @@ def tiny(**kw) -> TranslitRNN:
 
 def small_config(**model):
     return load_config({"name": "t", "model": {"name": "translit_rnn", "emb": 16, "hidden": 32, **model},
-                        "data": {"name": "arabizi", "valid": None, "val_size": 60, "limit": 240},
+                        "data": {"name": "arabizi", "valid": None, "val_size": 60, "limit": 240,
+                                 "word_list": "wordfreq"},
                         "train": {"epochs": 2, "batch_size": 32, "log_every": 1, "seed": 1, "device": "cpu",
                                   "optimizer": {"name": "adam", "lr": 3e-3}, "eval_batch_size": 4096,
                                   "best_metric": "val/word_err"}})
@@ -182,7 +183,9 @@ def test_right_to_left_members_rescore_the_n_best():
     assert torch.isfinite(terms["loss"]) and terms["loss"].requires_grad
 
 
-def test_lexicon_bonus_lets_a_known_word_overtake_a_slightly_more_probable_one():
+@pytest.mark.parametrize("key", ["lexicon_weight", "word_weight"])
+def test_word_evidence_lets_a_known_word_overtake_a_slightly_more_probable_one(key):
+    """The training-target bonus and the word list's Zipf frequency (x 2 here) rerank the n-best."""
     model = tiny()
     src, src_len = model.encode_words(WORDS)
     base = model.beam_decode(src, src_len, k=3)
@@ -190,17 +193,18 @@ def test_lexicon_bonus_lets_a_known_word_overtake_a_slightly_more_probable_one()
     gaps = base["scores"][:, 0] - base["scores"][:, 1]
     i = next(i for i in gaps.argsort().tolist() if words[i][0] != words[i][1] and words[i][1])
     first, second, gap = words[i][0], words[i][1], float(gaps[i])
-    model.target_lexicon = frozenset({second})
-    same = model.beam_decode(src, src_len, k=3)  # weight 0 (the default): the ranking is untouched
-    assert all(torch.equal(same[key], base[key]) for key in ("tokens", "log_probs", "scores"))
-    out = model.beam_decode(src, src_len, k=3, lexicon_weight=gap + 0.05)
+    model.target_lexicon, model.word_zipf = frozenset({second}), {second: 2.0, "ثثث": 7.0}
+    same = model.beam_decode(src, src_len, k=3)  # weights 0 (the default): the ranking is untouched
+    assert all(torch.equal(same[k], base[k]) for k in ("tokens", "log_probs", "scores"))
+    weight = (gap + 0.05) / (2.0 if key == "word_weight" else 1.0)
+    out = model.beam_decode(src, src_len, k=3, **{key: weight})
     assert [model.decode_tokens(t) for t in out["tokens"][i][:2]] == [second, first]
     assert float(out["scores"][i, 0]) == pytest.approx(float(base["scores"][i, 1]) + gap + 0.05, abs=1e-5)
-    model.lexicon_weight = gap + 0.05  # the configured weight is what transliterate uses
+    setattr(model, key, weight)  # the configured weight is what transliterate uses
     assert model.transliterate([WORDS[i]], beam=3)[0][0][0] == second
     for bad in (-0.1, 1e6, float("nan")):
-        with pytest.raises(ZooError, match="lexicon_weight"):
-            tiny(lexicon_weight=bad)
+        with pytest.raises(ZooError, match=key):
+            tiny(**{key: bad})
 
 
 def test_sampling_is_seeded_and_cold_sampling_is_greedy():
@@ -338,6 +342,27 @@ def test_target_lexicon_holds_the_training_targets_only(tmp_path, monkeypatch):
     assert model.target_lexicon == set(data.info["target_lexicon"])
 
 
+def test_word_list_holds_wordfreq_arabic_in_the_training_alphabet(tmp_path, monkeypatch):
+    import wordfreq
+
+    (tmp_path / "train.tsv").write_text("arabizi\tarabic\nfi\tفي\nmin\tمن\n", encoding="utf-8")
+    (tmp_path / "valid.tsv").write_text("3an\tعن\n", encoding="utf-8")
+    monkeypatch.setenv("ZOO_ARABIZI", str(tmp_path))
+    assert "word_frequencies" not in create_data("arabizi").info  # off by default
+    data = create_data("arabizi", word_list="wordfreq")
+    zipf = {w: z for z, words in data.info["word_frequencies"] for w in words.split()}
+    # only words spelt with ف ي م ن survive; their Zipf values are wordfreq's own
+    assert zipf and all(set(w) <= set("فيمن") for w in zipf)
+    assert {"في", "من", "فيمن"} <= set(zipf) and "عن" not in zipf
+    assert zipf["في"] == pytest.approx(wordfreq.zipf_frequency("في", "ar", wordlist="large"), abs=0.01)
+    assert [z for z, _ in data.info["word_frequencies"]] == sorted((z for z, _ in data.info["word_frequencies"]),
+                                                                  reverse=True)
+    model = create_model("translit_rnn", data.info, emb=8, hidden=8, word_weight=1.0)
+    assert model.word_zipf == zipf
+    with pytest.raises(ZooError, match="word_list"):
+        build_data(name="arabizi", word_list="nope")
+
+
 # ---- training, checkpoints, the command line ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -370,10 +395,12 @@ def test_checkpoint_round_trip_translates_identically(trained):
     assert ck["data_info"]["tgt_vocab"] == trainer.data.info["tgt_vocab"]
     lexicon = {t for _, t in trainer.data.texts("train")}
     assert ck["data_info"]["target_lexicon"] == sorted(lexicon) and model.target_lexicon == lexicon
+    assert model.word_zipf == trainer.model.word_zipf and len(model.word_zipf) > 1000  # the word list travels
     assert {t for _, t in trainer.data.texts("val")} - lexicon  # validation-only words stay out
     words = ["ahlan", "3alaykom", "7abibi", "ma3a", "$ukran"]
     assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)
     model.lexicon_weight = trainer.model.lexicon_weight = 2.0
+    model.word_weight = trainer.model.word_weight = 1.0
     assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)
 
 

@@ -3,8 +3,10 @@ Transliteration", IJECE 2021), read in place from TSV/CSV files of pairs.
 
 The character vocabularies are built from the training pairs in ``__init__`` and handed to the model through
 ``info``, so a checkpoint alone can translate; characters never seen in training map to ``<unk>``. So does
-``target_lexicon``, the sorted set of Arabic words of the training pairs (the model can favour them when it
-reranks the beam's n-best).
+``target_lexicon``, the sorted set of Arabic words of the training pairs, and, with ``word_list: wordfreq``,
+``word_frequencies``: Arabic word frequencies from the wordfreq package (R. Speer, wordfreq 3, Zenodo
+10.5281/zenodo.7199437; Wikipedia, subtitles, news, web text and Twitter), as buckets of [Zipf value, "space-separated
+words"] (Zipf = log10 of the frequency per billion words). The model uses both when it reranks the beam's n-best.
 Splits hold padded index tensors plus lengths; ``collate`` trims each batch to its longest word and counts
 target tokens, so validation averages are per token.
 """
@@ -99,17 +101,36 @@ def encode(words: list[str], vocab: list[str] | dict[str, int], eos: bool = Fals
     return out, lengths
 
 
+def wordfreq_buckets(alphabet: set[str]) -> list[list]:
+    """wordfreq's Arabic list ('large': 620k words down to one per 10^8) as [[zipf, "w1 w2 ..."], ...], most
+    frequent first, keeping the words spelt in ``alphabet`` (the model can write no others)."""
+    try:
+        import wordfreq
+    except ImportError:
+        raise ZooError("data.word_list=wordfreq needs the wordfreq package: pip install wordfreq (or set "
+                       "data.word_list=null)") from None
+    out = []
+    for i, bucket in enumerate(wordfreq.get_frequency_list("ar", "large")):  # bucket i: frequency 10^(-i/100)
+        words = [w for w in map(normalize_target, bucket) if w and alphabet.issuperset(w)]
+        if words:
+            out.append([round(9 - i / 100, 2), " ".join(words)])
+    return out
+
+
 @register_data("arabizi")
 class Arabizi(DataModule):
     """Arabizi -> Arabic word pairs. Splits are (src [N, S], src_len [N], tgt [N, T], tgt_len [N]); targets end
     in <eos>. ``valid: null`` carves ``val_size`` pairs from train by ``seed``; ``limit`` keeps the first
     ``limit`` training pairs (quick runs and tests)."""
 
-    info_keys = ("src_vocab", "tgt_vocab", "target_lexicon")
+    info_keys = ("src_vocab", "tgt_vocab", "target_lexicon", "word_frequencies")
 
     def __init__(self, root: str = DEFAULT_ROOT, train: str = "train.tsv", valid: str | None = "valid.tsv",
-                 val_size: int = 1000, limit: int | None = None, seed: int = 0):
+                 val_size: int = 1000, limit: int | None = None, seed: int = 0, word_list: str | None = None):
         check_range("val_size", val_size, 1)
+        if word_list not in (None, "wordfreq"):
+            raise ConfigError(f"data.word_list={word_list!r} is not a word list this data knows; use wordfreq "
+                              f"(Arabic word frequencies from the wordfreq package) or null")
         check_range("limit", limit, 1, allow_none=True)
         self.train_path = resolve(train, root)
         self.valid_path = resolve(valid, root) if valid else None
@@ -132,6 +153,8 @@ class Arabizi(DataModule):
         self.info = {"src_vocab": build_vocab(s for s, _ in self._train),
                      "tgt_vocab": build_vocab(t for _, t in self._train),
                      "target_lexicon": sorted({t for _, t in self._train})}
+        if word_list:
+            self.info["word_frequencies"] = wordfreq_buckets(set(self.info["tgt_vocab"]))
 
     def setup(self) -> Arabizi:
         val = self._val if self._val is not None else read_pairs(self.valid_path)

@@ -10,8 +10,9 @@ Options beyond the seed, each a config switch measured in the README: ``ensemble
 side on the same batches, averaged in log-probability space when decoding), ``lm_weight`` (the beam's n-best
 rescored with a character GRU language model of Arabic trained on the target side of the training pairs),
 ``lexicon_weight`` (a bonus added, when reranking the n-best, to a candidate that is an Arabic word of the
-training pairs: ``target_lexicon``, data info, so it is in the checkpoint), ``length_norm``, teacher forcing with
-a decaying ratio, label smoothing.
+training pairs: ``target_lexicon``, data info, so it is in the checkpoint), ``word_weight`` (``word_weight`` x the
+candidate's Zipf frequency in a large Arabic word list, ``word_frequencies``, also data info: 0 for a word not in
+it), ``length_norm``, teacher forcing with a decaying ratio, label smoothing.
 """
 from __future__ import annotations
 
@@ -210,7 +211,8 @@ class TranslitRNN(ZooModel):
                  teacher_forcing: float = 1.0, tf_decay: float = 1.0, tf_min: float = 0.0,
                  label_smoothing: float = 0.0, context_rnn: bool = False, ensemble: int = 1, r2l: int = 0,
                  beam: int = 5, length_norm: float = 0.0, lm_hidden: int = 0, lm_weight: float = 0.0,
-                 max_len_ratio: float = 2.0, target_lexicon: Sequence[str] = (), lexicon_weight: float = 0.0):
+                 max_len_ratio: float = 2.0, target_lexicon: Sequence[str] = (), lexicon_weight: float = 0.0,
+                 word_frequencies: Sequence[Sequence] = (), word_weight: float = 0.0):
         super().__init__()
         if min(emb, hidden, layers, ensemble, beam) < 1 or max(emb, hidden, lm_hidden) > 8192 \
                 or max(layers, ensemble, r2l) > 16 or beam > 1000:
@@ -223,8 +225,9 @@ class TranslitRNN(ZooModel):
             raise ValueError("lm_hidden, lm_weight, length_norm, r2l must be >= 0 and max_len_ratio > 0")
         if lm_weight > 0 and lm_hidden == 0:
             raise ValueError("lm_weight > 0 needs a language model: set lm_hidden > 0")
-        if not 0 <= lexicon_weight <= MAX_LEXICON_WEIGHT:
-            raise ValueError(f"lexicon_weight must be in [0, {MAX_LEXICON_WEIGHT:g}]")
+        for key, value in (("lexicon_weight", lexicon_weight), ("word_weight", word_weight)):
+            if not 0 <= value <= MAX_LEXICON_WEIGHT:
+                raise ValueError(f"{key} must be in [0, {MAX_LEXICON_WEIGHT:g}]")
         self.src_vocab, self.tgt_vocab = list(src_vocab), list(tgt_vocab)
         self.src_index = {c: i for i, c in enumerate(self.src_vocab)}
         self.tf, self.tf_decay, self.tf_min = teacher_forcing, tf_decay, tf_min
@@ -233,6 +236,9 @@ class TranslitRNN(ZooModel):
         # the Arabic words of the training pairs (data info, so in the checkpoint): a bonus when reranking
         self.target_lexicon = frozenset(normalize_target(w) for w in target_lexicon)
         self.lexicon_weight = lexicon_weight
+        # Zipf frequency (log10 per billion words, about 1-7.5) of the words of a large Arabic word list
+        self.word_zipf = {w: float(z) for z, words in word_frequencies for w in words.split()}
+        self.word_weight = word_weight
         self.members = nn.ModuleList(Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), emb, hidden, layers, cell,
                                              attention, dropout, context_rnn) for _ in range(ensemble))
         # right-to-left members: they read the word's last character first, and rescore the beam's n-best
@@ -336,15 +342,17 @@ class TranslitRNN(ZooModel):
 
     @torch.no_grad()
     def beam_decode(self, src, src_len, k: int | None = None, length_norm: float | None = None,
-                    lm_weight: float | None = None, lexicon_weight: float | None = None) -> dict:
+                    lm_weight: float | None = None, lexicon_weight: float | None = None,
+                    word_weight: float | None = None) -> dict:
         """The shrinking beam's ``k`` completed hypotheses per word, best first, optionally rescored by the
-        right-to-left members, the LM and the target lexicon (``lexicon_weight`` added to the score of a
-        candidate that is a training target word): tokens [B, k, L], log_probs [B, k] (the translation
-        model's), scores [B, k] (what ranks them)."""
+        right-to-left members, the LM, the target lexicon (``lexicon_weight`` added to the score of a
+        candidate that is a training target word) and the word list (``word_weight`` x its Zipf frequency):
+        tokens [B, k, L], log_probs [B, k] (the translation model's), scores [B, k] (what ranks them)."""
         k = k or self.beam
         alpha = self.length_norm if length_norm is None else length_norm
         lam = self.lm_weight if lm_weight is None else lm_weight
         lex = self.lexicon_weight if lexicon_weight is None else lexicon_weight
+        ww = self.word_weight if word_weight is None else word_weight
         memories, states = self._start(src, src_len, repeat=k)
         out = beam_search(self._step(memories), states, src.shape[0], k, self._max_len(src_len), sos=SOS_ID,
                           eos=EOS_ID, length_norm=0.0, pad=PAD_ID)
@@ -361,9 +369,11 @@ class TranslitRNN(ZooModel):
             score = score + lam * self.lm.log_prob(flat).view(b, kk)
         if alpha:
             score = score / out["lengths"].float() ** alpha
-        if lex and self.target_lexicon:  # after length normalisation: a fixed bonus, whatever the length
-            known = [self.decode_tokens(row) in self.target_lexicon for row in flat]
-            score = score + lex * torch.tensor(known, dtype=score.dtype, device=score.device).view(b, kk)
+        # after length normalisation: word-level evidence, whatever the length
+        words = [self.decode_tokens(row) for row in flat] if (lex and self.target_lexicon) or ww else []
+        bonus = [lex * (w in self.target_lexicon) + ww * self.word_zipf.get(w, 0.0) for w in words]
+        if bonus:
+            score = score + torch.tensor(bonus, dtype=score.dtype, device=score.device).view(b, kk)
         order = score.argsort(dim=1, descending=True, stable=True)
         return {"tokens": out["tokens"].gather(1, order[..., None].expand_as(out["tokens"])),
                 "log_probs": out["log_probs"].gather(1, order), "scores": score.gather(1, order)}
@@ -527,6 +537,7 @@ class TranslitRNN(ZooModel):
         out = {"n_words": len(pairs), "data": str(path) if path else "validation split",
                "decoding": {"beam": self.beam, "length_norm": self.length_norm, "lm_weight": self.lm_weight,
                             "lexicon_weight": self.lexicon_weight, "lexicon_words": len(self.target_lexicon),
+                            "word_weight": self.word_weight, "word_list_words": len(self.word_zipf),
                             "ensemble": len(self.members), "r2l": len(self.r2l)},
                **scores([c[0][0] for c in model_beam], refs),
                "top5_accuracy": sum(r in [c for c, _ in cand[:5]] for cand, r in zip(top5, refs)) / len(refs),
