@@ -46,6 +46,14 @@ def image_to_points(images: torch.Tensor, num_points: int, threshold: float, wei
     return pts
 
 
+def rotate(xy: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Points [B, N, 2] each cloud turned by its angle ``theta`` [B] (radians; cos and sin taken in theta's dtype,
+    then cast to the points')."""
+    c, s = theta.cos().to(xy.dtype), theta.sin().to(xy.dtype)
+    rot = torch.stack([torch.stack([c, s], 1), torch.stack([-s, c], 1)], 1)  # row vectors: xy @ rot
+    return xy @ rot
+
+
 @register_data("mnist_points")
 class MNISTPoints(MNIST):
     """MNIST as point clouds [N, num_points, 2] (``intensity``: [N, num_points, 3]) and int64 labels.
@@ -88,10 +96,7 @@ class MNISTPoints(MNIST):
         draw = lambda *shape: torch.rand(shape, generator=generator).to(x.device)  # noqa: E731
         xy = x[..., :2]
         if self.rotate:
-            theta = (2 * draw(b) - 1) * math.radians(self.rotate)
-            c, s = theta.cos(), theta.sin()
-            rot = torch.stack([torch.stack([c, s], 1), torch.stack([-s, c], 1)], 1)  # row vectors: xy @ rot
-            xy = xy @ rot
+            xy = rotate(xy, (2 * draw(b) - 1) * math.radians(self.rotate))
         if self.scale:
             xy = xy * (1 + self.scale * (2 * draw(b, 1, 1) - 1))
         if self.jitter:

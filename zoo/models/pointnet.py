@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..data.mnist_points import rotate
 from ..losses import cross_entropy
 from ..registry import register_model
 from .base import ZooModel
@@ -226,9 +227,8 @@ class PointClassifier(ZooModel):
         angles = torch.linspace(-max_degrees, max_degrees, views) if views > 1 else torch.zeros(1)
         total = 0
         for a in torch.deg2rad(angles).tolist():
-            c, s = math.cos(a), math.sin(a)
-            rot = torch.tensor([[c, s], [-s, c]], device=x.device, dtype=x.dtype)  # row vectors: xy @ rot
-            total = total + self(torch.cat([x[..., :2] @ rot, x[..., 2:]], -1)).float().log_softmax(-1)
+            theta = torch.full((x.shape[0],), a, dtype=torch.float64, device=x.device)
+            total = total + self(torch.cat([rotate(x[..., :2], theta), x[..., 2:]], -1)).float().log_softmax(-1)
         return total / len(angles)
 
     @torch.no_grad()

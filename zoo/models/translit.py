@@ -42,7 +42,7 @@ from .base import ZooModel
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 MAX_CHUNK = 40  # longer words are transliterated in pieces this long: bounded memory for any input
-MAX_LEXICON_WEIGHT = 100.0  # a log-probability bonus; beyond this the lexicon alone decides
+MAX_RERANK_WEIGHT = 100.0  # lexicon/word-list weights: beyond this the word evidence alone decides
 
 
 # ---- attention --------------------------------------------------------------------------------------------------
@@ -226,8 +226,8 @@ class TranslitRNN(ZooModel):
         if lm_weight > 0 and lm_hidden == 0:
             raise ValueError("lm_weight > 0 needs a language model: set lm_hidden > 0")
         for key, value in (("lexicon_weight", lexicon_weight), ("word_weight", word_weight)):
-            if not 0 <= value <= MAX_LEXICON_WEIGHT:
-                raise ValueError(f"{key} must be in [0, {MAX_LEXICON_WEIGHT:g}]")
+            if not 0 <= value <= MAX_RERANK_WEIGHT:
+                raise ValueError(f"{key} must be in [0, {MAX_RERANK_WEIGHT:g}]")
         self.src_vocab, self.tgt_vocab = list(src_vocab), list(tgt_vocab)
         self.src_index = {c: i for i, c in enumerate(self.src_vocab)}
         self.tf, self.tf_decay, self.tf_min = teacher_forcing, tf_decay, tf_min
