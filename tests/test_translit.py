@@ -22,6 +22,7 @@ from zoo.models.translit import (
     Attention,
     TranslitRNN,
     _edit_distance,
+    append_eos,
     levenshtein,
     nearest_words,
     reverse_words,
@@ -181,6 +182,41 @@ def test_right_to_left_members_rescore_the_n_best():
     assert torch.allclose(out["scores"], (out["log_probs"] + r2l) / 2, atol=1e-5)
     terms = model.train().training_step((src, src_len, tokens[:, 0], (tokens[:, 0] != PAD_ID).sum(1)))
     assert torch.isfinite(terms["loss"]) and terms["loss"].requires_grad
+
+
+def test_channel_members_score_the_source_given_each_candidate():
+    """Noisy channel: members trained Arabic -> Arabizi add weight x log p(source | candidate) to the n-best."""
+    assert append_eos(torch.tensor([[5, 6, 0], [7, 0, 0]]), torch.tensor([2, 1])).tolist() == [
+        [5, 6, EOS_ID, PAD_ID], [7, EOS_ID, PAD_ID, PAD_ID]]
+    model = tiny(channel=2)
+    src, src_len = model.encode_words(WORDS)
+    base = model.beam_decode(src, src_len, k=3)  # channel_weight 0 (the default): translation scores only
+    assert torch.allclose(base["scores"], base["log_probs"])
+    out = model.beam_decode(src, src_len, k=3, channel_weight=0.7)
+    tokens = out["tokens"]
+    b, k, length = tokens.shape
+    flat = tokens.view(b * k, length)
+    latin = append_eos(src, src_len).repeat_interleave(k, 0)  # each word's source, once per candidate
+    n_arabic = ((flat != PAD_ID) & (flat != EOS_ID)).sum(1).clamp(min=1)
+    by_hand = []
+    for m in model.channel:  # the candidate's characters in, the source's characters (then <eos>) out
+        logits = m.teacher_forced(flat, n_arabic, latin, 1.0).log_softmax(-1)
+        by_hand.append((logits.gather(2, latin[..., None])[..., 0] * (latin != PAD_ID)).sum(1).view(b, k))
+    channel = (by_hand[0] + by_hand[1]) / 2
+    assert torch.allclose(out["scores"], out["log_probs"] + 0.7 * channel, atol=1e-4)
+    assert (out["scores"].diff(dim=1) <= 1e-6).all()  # ranked by the rescored value
+    model.channel_weight = 100.0  # the channel alone decides: the best candidate explains the source best
+    ranked = model.beam_decode(src, src_len, k=3)
+    chan = (ranked["scores"] - ranked["log_probs"]) / 100.0
+    assert (chan[:, :1] >= chan - 1e-3).all()
+    tgt = tokens[:, 0]
+    model.train()
+    terms = model.training_step((src, src_len, tgt, (tgt != PAD_ID).sum(1)))
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in model.channel.parameters() if p.requires_grad)
+    for bad in ({"channel_weight": 0.5}, {"channel": 1, "channel_weight": -1.0}, {"channel": 17}):
+        with pytest.raises(ZooError, match="channel"):
+            tiny(**bad)
 
 
 @pytest.mark.parametrize("key", ["lexicon_weight", "word_weight"])

@@ -12,7 +12,9 @@ rescored with a character GRU language model of Arabic trained on the target sid
 ``lexicon_weight`` (a bonus added, when reranking the n-best, to a candidate that is an Arabic word of the
 training pairs: ``target_lexicon``, data info, so it is in the checkpoint), ``word_weight`` (``word_weight`` x the
 candidate's Zipf frequency in a large Arabic word list, ``word_frequencies``, also data info: 0 for a word not in
-it), ``length_norm``, teacher forcing with a decaying ratio, label smoothing.
+it), ``channel`` (noisy-channel members trained alongside, Arabic -> Arabizi: ``channel_weight`` x log p(source |
+candidate) is added when reranking, so a candidate must also explain the Latin spelling it came from),
+``length_norm``, teacher forcing with a decaying ratio, label smoothing.
 """
 from __future__ import annotations
 
@@ -185,6 +187,12 @@ def reverse_words(tgt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return tgt.gather(1, torch.where(pos < n, n - 1 - pos, pos))
 
 
+def append_eos(src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Rows [B, S] with <eos> written after each row's ``lengths`` characters: [B, S + 1]."""
+    out = F.pad(src, (0, 1), value=PAD_ID)
+    return out.scatter(1, lengths.unsqueeze(1), EOS_ID)
+
+
 def sequence_log_prob(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """Summed log-probability [B] of padded target rows under teacher-forced logits [B, T, V]."""
     logp = logits.log_softmax(-1).gather(2, tgt.unsqueeze(2)).squeeze(2)
@@ -212,20 +220,24 @@ class TranslitRNN(ZooModel):
                  label_smoothing: float = 0.0, context_rnn: bool = False, ensemble: int = 1, r2l: int = 0,
                  beam: int = 5, length_norm: float = 0.0, lm_hidden: int = 0, lm_weight: float = 0.0,
                  max_len_ratio: float = 2.0, target_lexicon: Sequence[str] = (), lexicon_weight: float = 0.0,
-                 word_frequencies: Sequence[Sequence] = (), word_weight: float = 0.0):
+                 word_frequencies: Sequence[Sequence] = (), word_weight: float = 0.0, channel: int = 0,
+                 channel_weight: float = 0.0):
         super().__init__()
         if min(emb, hidden, layers, ensemble, beam) < 1 or max(emb, hidden, lm_hidden) > 8192 \
-                or max(layers, ensemble, r2l) > 16 or beam > 1000:
+                or max(layers, ensemble, r2l, channel) > 16 or beam > 1000:
             raise ValueError("emb, hidden, layers, ensemble and beam must be >= 1; emb, hidden, lm_hidden <= 8192, "
-                             "layers, ensemble, r2l <= 16 and beam <= 1000")
+                             "layers, ensemble, r2l, channel <= 16 and beam <= 1000")
         if not (0 <= dropout < 1 and 0 <= teacher_forcing <= 1 and 0 < tf_decay <= 1 and 0 <= tf_min <= 1
                 and 0 <= label_smoothing < 1):
             raise ValueError("dropout, label_smoothing in [0, 1); teacher_forcing, tf_min in [0, 1]; tf_decay in (0, 1]")
-        if min(lm_hidden, lm_weight, length_norm, r2l) < 0 or max_len_ratio <= 0:
-            raise ValueError("lm_hidden, lm_weight, length_norm, r2l must be >= 0 and max_len_ratio > 0")
+        if min(lm_hidden, lm_weight, length_norm, r2l, channel) < 0 or max_len_ratio <= 0:
+            raise ValueError("lm_hidden, lm_weight, length_norm, r2l, channel must be >= 0 and max_len_ratio > 0")
         if lm_weight > 0 and lm_hidden == 0:
             raise ValueError("lm_weight > 0 needs a language model: set lm_hidden > 0")
-        for key, value in (("lexicon_weight", lexicon_weight), ("word_weight", word_weight)):
+        if channel_weight > 0 and channel == 0:
+            raise ValueError("channel_weight > 0 needs channel members: set channel > 0")
+        for key, value in (("lexicon_weight", lexicon_weight), ("word_weight", word_weight),
+                           ("channel_weight", channel_weight)):
             if not 0 <= value <= MAX_RERANK_WEIGHT:
                 raise ValueError(f"{key} must be in [0, {MAX_RERANK_WEIGHT:g}]")
         self.src_vocab, self.tgt_vocab = list(src_vocab), list(tgt_vocab)
@@ -244,6 +256,10 @@ class TranslitRNN(ZooModel):
         # right-to-left members: they read the word's last character first, and rescore the beam's n-best
         self.r2l = nn.ModuleList(Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), emb, hidden, layers, cell,
                                          attention, dropout, context_rnn) for _ in range(r2l))
+        # noisy-channel members, the other way round: Arabic in, Arabizi out; they rescore the n-best
+        self.channel = nn.ModuleList(Seq2Seq(len(self.tgt_vocab), len(self.src_vocab), emb, hidden, layers, cell,
+                                             attention, dropout, context_rnn) for _ in range(channel))
+        self.channel_weight = channel_weight
         self.lm = CharLM(len(self.tgt_vocab), emb, lm_hidden) if lm_hidden else None
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))  # drives the teacher-forcing decay
 
@@ -255,10 +271,14 @@ class TranslitRNN(ZooModel):
         src, src_len, tgt, tgt_len = batch
         ratio = self.teacher_forcing_ratio() if self.training else 1.0
         rev = reverse_words(tgt, tgt_len) if len(self.r2l) else None
+        latin = append_eos(src, src_len) if len(self.channel) else None
+        arabic_len = (tgt_len - 1).clamp(min=1)  # the channel reads the Arabic word without its <eos>
         nll = torch.stack([token_nll(m.teacher_forced(src, src_len, tgt, ratio), tgt, self.smoothing)
                            for m in self.members] +
                           [token_nll(m.teacher_forced(src, src_len, rev, ratio), rev, self.smoothing)
-                           for m in self.r2l]).mean()
+                           for m in self.r2l] +
+                          [token_nll(m.teacher_forced(tgt, arabic_len, latin, ratio), latin, self.smoothing)
+                           for m in self.channel]).mean()
         out = {"loss": nll, "nll": nll.detach()}
         if self.lm is not None:
             out["lm_nll"] = token_nll(self.lm(tgt), tgt)
@@ -343,24 +363,26 @@ class TranslitRNN(ZooModel):
     @torch.no_grad()
     def beam_decode(self, src, src_len, k: int | None = None, length_norm: float | None = None,
                     lm_weight: float | None = None, lexicon_weight: float | None = None,
-                    word_weight: float | None = None) -> dict:
+                    word_weight: float | None = None, channel_weight: float | None = None) -> dict:
         """The shrinking beam's ``k`` completed hypotheses per word, best first, optionally rescored by the
-        right-to-left members, the LM, the target lexicon (``lexicon_weight`` added to the score of a
-        candidate that is a training target word) and the word list (``word_weight`` x its Zipf frequency):
-        tokens [B, k, L], log_probs [B, k] (the translation model's), scores [B, k] (what ranks them)."""
+        right-to-left members, the LM, the channel members (``channel_weight`` x log p(source | candidate)), the
+        target lexicon (``lexicon_weight`` added to the score of a candidate that is a training target word) and
+        the word list (``word_weight`` x its Zipf frequency): tokens [B, k, L], log_probs [B, k] (the
+        translation model's), scores [B, k] (what ranks them)."""
         k = k or self.beam
         alpha = self.length_norm if length_norm is None else length_norm
         lam = self.lm_weight if lm_weight is None else lm_weight
         lex = self.lexicon_weight if lexicon_weight is None else lexicon_weight
         ww = self.word_weight if word_weight is None else word_weight
+        cw = self.channel_weight if channel_weight is None else channel_weight
         memories, states = self._start(src, src_len, repeat=k)
         out = beam_search(self._step(memories), states, src.shape[0], k, self._max_len(src_len), sos=SOS_ID,
                           eos=EOS_ID, length_norm=0.0, pad=PAD_ID)
         score = out["log_probs"]
         b, kk, length = out["tokens"].shape
         flat = out["tokens"].view(b * kk, length)
+        rows = torch.arange(b, device=src.device).repeat_interleave(kk)
         if len(self.r2l):  # every member's log p(word), left-to-right and right-to-left, averaged
-            rows = torch.arange(b, device=src.device).repeat_interleave(kk)
             rev = reverse_words(flat, out["lengths"].view(-1))
             r2l = [sequence_log_prob(m.teacher_forced(src[rows], src_len[rows], rev, 1.0), rev).view(b, kk)
                    for m in self.r2l]
@@ -370,6 +392,12 @@ class TranslitRNN(ZooModel):
         if alpha:
             score = score / out["lengths"].float() ** alpha
         # after length normalisation: word-level evidence, whatever the length
+        if cw and len(self.channel):  # log p(source | candidate), the same source for a word's candidates
+            latin = append_eos(src, src_len)[rows]
+            arabic_len = (out["lengths"].view(-1) - 1).clamp(min=1)
+            channel = [sequence_log_prob(m.teacher_forced(flat, arabic_len, latin, 1.0), latin)
+                       for m in self.channel]
+            score = score + cw * (sum(channel) / len(channel)).view(b, kk)
         words = [self.decode_tokens(row) for row in flat] if (lex and self.target_lexicon) or ww else []
         bonus = [lex * (w in self.target_lexicon) + ww * self.word_zipf.get(w, 0.0) for w in words]
         if bonus:
@@ -538,7 +566,8 @@ class TranslitRNN(ZooModel):
                "decoding": {"beam": self.beam, "length_norm": self.length_norm, "lm_weight": self.lm_weight,
                             "lexicon_weight": self.lexicon_weight, "lexicon_words": len(self.target_lexicon),
                             "word_weight": self.word_weight, "word_list_words": len(self.word_zipf),
-                            "ensemble": len(self.members), "r2l": len(self.r2l)},
+                            "ensemble": len(self.members), "r2l": len(self.r2l), "channel": len(self.channel),
+                            "channel_weight": self.channel_weight},
                **scores([c[0][0] for c in model_beam], refs),
                "top5_accuracy": sum(r in [c for c, _ in cand[:5]] for cand, r in zip(top5, refs)) / len(refs),
                "greedy": scores([c[0][0] for c in greedy], refs)}
