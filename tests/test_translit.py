@@ -210,8 +210,11 @@ def test_channel_members_score_the_source_given_each_candidate():
     chan = (ranked["scores"] - ranked["log_probs"]) / 100.0
     assert (chan[:, :1] >= chan - 1e-3).all()
     tgt = tokens[:, 0]
+    batch = (src, src_len, tgt, (tgt != PAD_ID).sum(1))
+    val = model.validation_step(batch)  # the channel's own loss is on the validation curves
     model.train()
-    terms = model.training_step((src, src_len, tgt, (tgt != PAD_ID).sum(1)))
+    terms = model.training_step(batch)  # every member's token cross-entropy, channel members too, averaged
+    assert torch.allclose(terms["loss"], (val["loss"] + 2 * val["channel_nll"]) / 3, atol=1e-5)
     terms["loss"].backward()
     assert all(p.grad is not None for p in model.channel.parameters() if p.requires_grad)
     for bad in ({"channel_weight": 0.5}, {"channel": 1, "channel_weight": -1.0}, {"channel": 17}):

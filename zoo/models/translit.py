@@ -271,8 +271,7 @@ class TranslitRNN(ZooModel):
         src, src_len, tgt, tgt_len = batch
         ratio = self.teacher_forcing_ratio() if self.training else 1.0
         rev = reverse_words(tgt, tgt_len) if len(self.r2l) else None
-        latin = append_eos(src, src_len) if len(self.channel) else None
-        arabic_len = (tgt_len - 1).clamp(min=1)  # the channel reads the Arabic word without its <eos>
+        latin, arabic_len = self._channel_io(src, src_len, tgt_len) if len(self.channel) else (None, None)
         nll = torch.stack([token_nll(m.teacher_forced(src, src_len, tgt, ratio), tgt, self.smoothing)
                            for m in self.members] +
                           [token_nll(m.teacher_forced(src, src_len, rev, ratio), rev, self.smoothing)
@@ -285,8 +284,14 @@ class TranslitRNN(ZooModel):
             out["loss"] = nll + out["lm_nll"]  # disjoint parameters: the sum trains both
         return out
 
+    @staticmethod
+    def _channel_io(src, src_len, tgt_len):
+        """What the channel members learn to write (the source, then <eos>) and how many characters of the
+        Arabic word they read (its <eos> left out)."""
+        return append_eos(src, src_len), (tgt_len - 1).clamp(min=1)
+
     def validation_step(self, batch):
-        src, src_len, tgt, _ = batch
+        src, src_len, tgt, tgt_len = batch
         logits = [m.teacher_forced(src, src_len, tgt, 1.0) for m in self.members]
         nll = torch.stack([token_nll(lg, tgt) for lg in logits]).mean()
         real = tgt != PAD_ID
@@ -296,6 +301,10 @@ class TranslitRNN(ZooModel):
         pred = self.greedy(src, src_len)["tokens"]
         correct = same_words(pred, tgt).float().mean()
         out = {"loss": nll, "char_acc": char_acc, "word_acc": correct, "word_err": 1 - correct}
+        if len(self.channel):
+            latin, arabic_len = self._channel_io(src, src_len, tgt_len)
+            out["channel_nll"] = torch.stack([token_nll(m.teacher_forced(tgt, arabic_len, latin, 1.0), latin)
+                                              for m in self.channel]).mean()
         if self.lm is not None:
             out["lm_nll"] = token_nll(self.lm(tgt), tgt)
         return out
@@ -393,8 +402,7 @@ class TranslitRNN(ZooModel):
             score = score / out["lengths"].float() ** alpha
         # after length normalisation: word-level evidence, whatever the length
         if cw and len(self.channel):  # log p(source | candidate), the same source for a word's candidates
-            latin = append_eos(src, src_len)[rows]
-            arabic_len = (out["lengths"].view(-1) - 1).clamp(min=1)
+            latin, arabic_len = self._channel_io(src[rows], src_len[rows], out["lengths"].view(-1))
             channel = [sequence_log_prob(m.teacher_forced(flat, arabic_len, latin, 1.0), latin)
                        for m in self.channel]
             score = score + cw * (sum(channel) / len(channel)).view(b, kk)
