@@ -8,8 +8,9 @@ with one weight changed at a time: target-lexicon bonuses (``--lexicon-weights``
 i.e. the training targets; a run trained before the lexicon existed gets it rebuilt from its data config's
 training pairs), word-list weights (``--word-weights``, with the run's ``data.word_list``), noisy-channel weights
 (``--channel-weights``, with the run's channel members), LM weights and fewer members. Word accuracy is also given
-on the two halves of the words (a seeded split): a weight chosen on one half can be read on the other. Training-time options (ensemble,
-teacher forcing, cell, attention) need their own runs: see the README for those commands.
+on the two halves of the words (a seeded split): a weight chosen on one half can be read on the other.
+Training-time options (ensemble, teacher forcing, cell, attention) need their own runs: see the README for those
+commands.
 """
 from __future__ import annotations
 
