@@ -75,6 +75,29 @@ def test_deferred_log_reads_give_the_numbers_of_reads_at_every_log_point(mnist_r
     assert histories[0] == histories[1]
 
 
+def test_step_window_reads_scalar_and_non_scalar_terms_and_finds_the_first_nan_loss():
+    """One stack for 0-d terms (bf16 among them), the mean of a non-scalar term, per-log-point means, and the
+    NaN check: a NaN in a non-loss term is logged but does not stop the run; the first NaN loss is reported."""
+    t = torch.tensor
+    window = StepWindow()
+    window.add(1, {"loss": t(1.0), "acc": t(0.5, dtype=torch.bfloat16)})
+    window.add(2, {"loss": t(3.0), "acc": t(float("nan"))})
+    window.mark(2, 0, 4, 1.0)
+    assert window.take_logs() == [(2, 0, 4, 1.0, {"loss": 2.0, "acc": pytest.approx(float("nan"), nan_ok=True)})]
+    assert window.bad is None
+    window.add(3, {"loss": t(5.0), "acc": t([1.0, 3.0])})  # a non-scalar term: its mean
+    window.add(4, {"loss": t(float("inf")), "acc": t([0.0, 1.0])})
+    window.add(5, {"loss": t(float("nan")), "acc": t([0.0, 0.0])})
+    window.mark(5, 0, 10, 2.0)
+    (step, epoch, seen, seconds, means), = window.take_logs()
+    assert (step, means["acc"]) == (5, pytest.approx((2.0 + 0.5 + 0.0) / 3))
+    assert window.bad[:2] == (4, "loss")  # the first one, not the last
+    big = StepWindow()  # finite numbers whose sum overflows are not a NaN
+    big.add(1, {"loss": t(3e38), "x": t(3e38)})
+    big.read()
+    assert big.bad is None
+
+
 def test_bf16_autocast_on_the_cpu_trains_and_stays_close_to_fp32(mnist_root, tmp_path):
     full = fit(lenet_config(mnist_root), tmp_path / "a")
     half = fit(lenet_config(mnist_root, precision="bf16"), tmp_path / "b")

@@ -101,6 +101,18 @@ def _means(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: math.fsum(v) / len(v) for k, v in sums.items()}
 
 
+def _stack_scalars(values: list[torch.Tensor]) -> torch.Tensor | None:
+    """The 0-d ``values`` as one fp32 vector (empty when there are none: skipped steps log nothing); None when
+    some value is not a scalar. One stack, no Python test per value."""
+    if not values:
+        return torch.zeros(0)
+    try:
+        stacked = torch.stack(values)
+    except RuntimeError:  # shapes differ
+        return None
+    return stacked.float() if stacked.dim() == 1 else None
+
+
 def _is_loss(key: str) -> bool:
     return key == "loss" or key.endswith("/loss")
 
@@ -144,16 +156,15 @@ class StepWindow:
     def read(self) -> None:
         if self.entries:
             values = [v for _, terms in self.entries for v in terms.values()]
-            if not values:  # steps whose update was skipped (train.on_nonfinite: skip) log nothing
-                flat = iter(())
-            elif all(v.dim() == 0 for v in values):
-                flat = iter(torch.stack(values).float().tolist())
-            else:  # a non-scalar term: its mean, or its sum if an element is not finite (NaN/inf then shows)
-                flat = iter(torch.stack([v.float().mean() if bool(v.isfinite().all()) else v.float().sum()
-                                         for v in values]).tolist())
+            stacked = _stack_scalars(values)
+            if stacked is None:  # a non-scalar term: its mean, or its sum if an element is not finite (NaN/inf shows)
+                stacked = torch.stack([v.float().mean() if bool(v.isfinite().all()) else v.float().sum()
+                                       for v in values])
+            numbers = stacked.tolist()
+            flat = iter(numbers)
             rows = [(step, {k: next(flat) for k in terms}) for step, terms in self.entries]
             self.entries = []
-            if self.bad is None:
+            if self.bad is None and not math.isfinite(sum(numbers)):  # scanned only when some number is not
                 self.bad = next(((step, k, terms) for step, terms in rows for k, v in terms.items()
                                  if _is_loss(k) and not math.isfinite(v)), None)
             self.open.extend(rows)

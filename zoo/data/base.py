@@ -207,7 +207,8 @@ class DataModule:
             n = parts[0].shape[0]
             rows = (slice(i, i + batch_size) for i in range(skip * batch_size, n, batch_size))
         else:  # one split into views, not a Python slice per batch
-            rows = order[skip * batch_size:].split(batch_size)
+            order = order[skip * batch_size:] if skip else order
+            rows = (order,) if len(order) <= batch_size else order.split(batch_size)  # full batch: no split
         for idx in rows:
             batch = self.collate(split, tuple(t[idx] for t in parts), generator)
             yield self._add_input_noise(self.augment(batch, generator), generator) if augment else batch
