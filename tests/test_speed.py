@@ -92,10 +92,10 @@ def test_step_window_reads_scalar_and_non_scalar_terms_and_finds_the_first_nan_l
     (step, epoch, seen, seconds, means), = window.take_logs()
     assert (step, means["acc"]) == (5, pytest.approx((2.0 + 0.5 + 0.0) / 3))
     assert window.bad[:2] == (4, "loss")  # the first one, not the last
-    big = StepWindow()  # finite numbers whose sum overflows are not a NaN
-    big.add(1, {"loss": t(3e38), "x": t(3e38)})
-    big.read()
-    assert big.bad is None
+    finite = StepWindow()  # the largest fp32 numbers: their sum (in Python floats) stays finite, nothing is flagged
+    finite.add(1, {"loss": t(3e38), "x": t(-3e38)})
+    finite.read()
+    assert finite.bad is None and finite.open == [(1, {"loss": pytest.approx(3e38), "x": pytest.approx(-3e38)})]
 
 
 def test_bf16_autocast_on_the_cpu_trains_and_stays_close_to_fp32(mnist_root, tmp_path):
