@@ -98,6 +98,49 @@ def test_step_window_reads_scalar_and_non_scalar_terms_and_finds_the_first_nan_l
     assert finite.bad is None and finite.open == [(1, {"loss": pytest.approx(3e38), "x": pytest.approx(-3e38)})]
 
 
+def test_the_event_file_writes_tensorboards_own_records_and_tensorboard_reads_them(tmp_path):
+    """zoo writes TensorBoard events in its own thread (EventFile): the bytes of each record are those of
+    TensorBoard's RecordWriter (its pure-Python CRC-32C as the oracle), and TensorBoard reads back every kind."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from zoo.runlog import EventFile
+
+    (tmp_path / "a").mkdir()
+    ev = EventFile(tmp_path / "a")
+    path = next((tmp_path / "a").glob("events.out.tfevents.*"))
+    start = path.stat().st_size  # the file-version event, written on opening
+    events = [Event(step=s, wall_time=1e9 + s, summary=Summary(value=[Summary.Value(tag="loss", simple_value=1 / s)]))
+              for s in range(1, 40)]
+    for e in events:
+        ev.add_event(e)
+    ev.flush()
+    oracle = io.BytesIO()
+    for e in events:
+        RecordWriter(oracle).write(e.SerializeToString())
+    assert start > 0 and path.read_bytes()[start:] == oracle.getvalue()
+
+    fig = plt.figure()
+    plt.plot([0, 1], [1, 0])
+    ev.add_figure("fig", fig, 3)
+    ev.add_image("img", torch.rand(3, 8, 8), 4)
+    ev.add_text("table", "| a |\n|---|\n| 1 |", 5)
+    ev.close()
+    acc = EventAccumulator(str(tmp_path / "a"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("loss")] == list(range(1, 40))
+    assert [i.step for i in acc.Images("fig")] == [3] and [i.step for i in acc.Images("img")] == [4]
+    assert [t.step for t in acc.Tensors("table/text_summary")] == [5]
+    assert not plt.fignum_exists(fig.number)  # figures are closed once logged
+
+
 def test_bf16_autocast_on_the_cpu_trains_and_stays_close_to_fp32(mnist_root, tmp_path):
     full = fit(lenet_config(mnist_root), tmp_path / "a")
     half = fit(lenet_config(mnist_root, precision="bf16"), tmp_path / "b")
