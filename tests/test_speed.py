@@ -200,3 +200,14 @@ def test_the_bench_harness_times_three_loops_and_the_phases_of_a_short_run(tmp_p
     phases = row["whole_run"]
     assert phases["num_steps"] == 5 and phases["steps"] > 0 and phases["validation"] > 0
     assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k not in ("total", "num_steps")))
+
+
+def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_pair.py"), str(ROOT / "configs" / "gan1d.yaml"),
+           "--steps", "20", "--rounds", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rounds = done.stdout.split("per round [")[1].split("]")[0].split(", ")
+    median = float(done.stdout.rsplit("median ", 1)[1])
+    assert len(rounds) == 3 and all(float(r) > 0 for r in rounds)
+    assert median == pytest.approx(sorted(float(r) for r in rounds)[1], abs=1e-3)

@@ -1,0 +1,58 @@
+"""zoo's trainer against the minimal loop, paired: minimal, zoo, minimal, repeated in one process; each round's
+ratio is zoo's items/s over the mean of the two minimal runs around it, so a slow spell of the machine hits
+both sides of a ratio. Finer than `scripts/bench.py` for the light configs whose windows scatter.
+
+    .venv/bin/python scripts/bench_pair.py configs/purifier.yaml --steps 1000 --rounds 10
+    .venv/bin/python scripts/bench_pair.py configs/purifier.yaml --no-window   # zoo keeping no step terms
+
+One intra-op thread (the light configs' steps are too small to split). ``--no-window`` drops each step's terms
+instead of keeping them for the logged means and the NaN check (nothing is logged): what that keeping costs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import MinimalLoop, ZooLoop  # noqa: E402
+
+from zoo.config import load_config  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("--steps", type=int, default=1000, help="steps per timed run")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--no-window", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config(a.config, ["train.device=cpu"])
+    with tempfile.TemporaryDirectory() as tmp:
+        zoo, minimal = ZooLoop(cfg, Path(tmp) / "run"), MinimalLoop(cfg, torch.device("cpu"))
+        if a.no_window:
+            zoo.tr.window.add = lambda step, terms: None
+        zoo.run(a.steps), minimal.run(a.steps)  # warm-up
+
+        def timed(loop) -> float:
+            t = time.perf_counter()
+            loop.run(a.steps)
+            return time.perf_counter() - t
+
+        ratios = []
+        for _ in range(a.rounds):
+            before, z, after = timed(minimal), timed(zoo), timed(minimal)
+            ratios.append((before + after) / 2 / z)
+        zoo.tr.runlog.close()
+    print(f"{a.config}{' (no step window)' if a.no_window else ''}: zoo/minimal per round "
+          f"{[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
