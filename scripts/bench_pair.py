@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-window", action="store_true")
     a = ap.parse_args()
+    if a.steps < 1 or a.rounds < 1:
+        ap.error("--steps and --rounds must be at least 1")
     torch.set_num_threads(1)
     cfg = load_config(a.config, ["train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,4 +57,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from zoo.errors import ZooError
+
+    try:
+        main()
+    except ZooError as e:  # a wrong config path, key or value: one line and exit status 2, as `zoo` does
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

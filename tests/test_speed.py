@@ -211,3 +211,8 @@ def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
     median = float(done.stdout.rsplit("median ", 1)[1])
     assert len(rounds) == 3 and all(float(r) > 0 for r in rounds)
     assert median == pytest.approx(sorted(float(r) for r in rounds)[1], abs=1e-3)
+    for bad in (["configs/nope.yaml"], [str(ROOT / "configs" / "gan1d.yaml"), "--steps", "0"]):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pair.py"), *bad], capture_output=True,
+                              text=True, timeout=60, cwd=ROOT)
+        last = done.stderr.strip().splitlines()[-1]  # argparse prints its usage above
+        assert done.returncode == 2 and "error: " in last and "Traceback" not in done.stderr, done.stderr

@@ -58,7 +58,7 @@ def _masked_crc32c(data: bytes) -> int:
 class EventFile:
     """A TensorBoard event file written in the caller's thread, with the subset of SummaryWriter's methods zoo
     uses. torch's SummaryWriter hands every event to a writer thread through a queue; each hand-off wakes that
-    thread, which then competes with the training step for the GIL (about 20 µs an event on a 2-core CPU, a
+    thread, which then competes with the training step for the GIL (about 25 µs an event on a 2-core CPU, a
     sixth of a tiny model's step), and it checksums records in pure Python. Here events are serialised and
     framed as they come (TFRecord: length, its masked CRC-32C, the Event, its masked CRC-32C; C CRCs from
     google-crc32c) and reach the file in one write at each ``flush``."""
