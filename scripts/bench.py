@@ -420,11 +420,16 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-if __name__ == "__main__":
+def run_cli(entry) -> None:
+    """``entry()``, with a wrong config path, key or value ending in one line and exit status 2, as `zoo` does."""
     from zoo.errors import ZooError
 
     try:
-        main()
-    except ZooError as e:  # a wrong config path, key or value: one line and exit status 2, as `zoo` does
+        entry()
+    except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    run_cli(main)

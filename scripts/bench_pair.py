@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import MinimalLoop, ZooLoop  # noqa: E402
+from bench import MinimalLoop, ZooLoop, run_cli  # noqa: E402
 
 from zoo.config import load_config  # noqa: E402
 
@@ -57,10 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from zoo.errors import ZooError
-
-    try:
-        main()
-    except ZooError as e:  # a wrong config path, key or value: one line and exit status 2, as `zoo` does
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_cli(main)
