@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from zoo.config import load_config  # noqa: E402
 from zoo.data import create_data  # noqa: E402
+from zoo.errors import script_main  # noqa: E402
 from zoo.optim import build_optimizers  # noqa: E402
 from zoo.registry import create_model  # noqa: E402
 from zoo.runtime import autocast, pick_device, prepare_model, seed_everything  # noqa: E402
@@ -420,16 +421,5 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def run_cli(entry) -> None:
-    """``entry()``, with a wrong config path, key or value ending in one line and exit status 2, as `zoo` does."""
-    from zoo.errors import ZooError
-
-    try:
-        entry()
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 if __name__ == "__main__":
-    run_cli(main)
+    script_main(main)

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import MinimalLoop, ZooLoop, run_cli  # noqa: E402
+from bench import MinimalLoop, ZooLoop  # noqa: E402
 
 from zoo.config import load_config  # noqa: E402
+from zoo.errors import script_main  # noqa: E402
 
 
 def main() -> None:
@@ -57,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    script_main(main)

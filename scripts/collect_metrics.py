@@ -19,7 +19,8 @@ def evaluate(run: str, extra: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", run, "--json", *extra],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"run": run, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+        return {"run": run, "error": last.removeprefix("error: ")}
     out = json.loads(proc.stdout)
     out["eval_seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -36,10 +37,15 @@ def main() -> None:
         res = evaluate(run, args.eval_args.split())
         results.append(res)
         flat = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        print(run, json.dumps(flat), flush=True)
+        print(run, f"error: {res['error']}" if "error" in res else json.dumps(flat), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
+    failed = [r["run"] for r in results if "error" in r]
+    if failed:  # the others' figures are kept in --out; the status says some are missing
+        print(f"error: {len(failed)} of {len(results)} runs could not be evaluated: {', '.join(failed)}",
+              file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 
 from zoo import fid
 from zoo.checkpoint import load_run
+from zoo.errors import ZooError, script_main
 
 
 class _Generator:
@@ -37,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     model, cfg, _ = load_run(args.run, device="cpu")
     if getattr(model, "generator_ema", None) is None:
-        raise SystemExit(f"{args.run}: this run keeps no weight average (model.ema: 0)")
+        raise ZooError(f"{args.run}: this run keeps no weight average (model.ema: 0); train one with model.ema > 0")
     model.eval()
     lenet = fid.load_evaluator(None, args.evaluator)
     x_train, x_test = fid.real_mnist()
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from zoo.checkpoint import digest, load
+from zoo.errors import ZooError, script_main
 
 
 def zoo(*args: str) -> list[str]:
@@ -57,12 +58,15 @@ def kill_and_resume(config: str, overrides: list[str], kills: int, seed: int, wo
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref_dir, run_dir = workdir / "reference", workdir / "killed"
     t0 = time.perf_counter()
-    subprocess.run(zoo("train", config, *overrides, "--run-dir", str(ref_dir), "--quiet"), check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    ref = subprocess.run(zoo("train", config, *overrides, "--run-dir", str(ref_dir), "--quiet"), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if ref.returncode != 0:  # a wrong config or override: zoo's own one-line message
+        last = (ref.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ZooError(f"the reference run failed: {last.removeprefix('error: ')}")
     reference_seconds = time.perf_counter() - t0
     total = json.loads((ref_dir / "metrics.json").read_text())["step"]
     if total < kills + 1:
-        raise SystemExit(f"the run has {total} steps: too short for {kills} kills; train longer")
+        raise ZooError(f"the run has {total} steps: too short for {kills} kills; train longer or kill less")
     # kill moments: after random steps, plus a random few milliseconds (often inside a checkpoint write)
     targets = sorted(rng.sample(range(1, total), kills))
     survived, launches = 0, 0
@@ -108,6 +112,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     a = p.parse_args()
+    if a.kills < 1:
+        p.error("--kills must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         result = kill_and_resume(a.config, a.overrides, a.kills, a.seed, Path(tmp))
     ok = result["identical_weights"] and result["identical_losses"] and result["identical_tensorboard_curve"]
@@ -122,4 +128,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

@@ -4,10 +4,11 @@
 
 Prints a Markdown table: word accuracy, top-5 accuracy and CER for the translation model alone (greedy, beam
 widths, length normalisation, LM weights, fewer members, right-to-left rescoring), then the run's own decoding
-with one weight changed at a time: target-lexicon bonuses (``--lexicon-weights``; the lexicon is the checkpoint's,
-i.e. the training targets; a run trained before the lexicon existed gets it rebuilt from its data config's
-training pairs), word-list weights (``--word-weights``, with the run's ``data.word_list``), noisy-channel weights
-(``--channel-weights``, with the run's channel members), LM weights and fewer members. Word accuracy is also given
+with one setting changed at a time: beam widths (``--beams``), target-lexicon bonuses (``--lexicon-weights``;
+the lexicon is the checkpoint's, i.e. the training targets; a run trained before the lexicon existed gets it
+rebuilt from its data config's training pairs), word-list weights (``--word-weights``, with the run's
+``data.word_list``), noisy-channel weights (``--channel-weights``, with the run's channel members), LM weights
+and fewer members. Word accuracy is also given
 on the two halves of the words (a seeded split): a weight chosen on one half can be read on the other.
 Training-time options (ensemble, teacher forcing, cell, attention) need their own runs: see the README for those
 commands.
@@ -22,6 +23,7 @@ import torch
 from zoo.checkpoint import load_run
 from zoo.data import create_data
 from zoo.data.arabizi import normalize_target, read_pairs
+from zoo.errors import script_main
 from zoo.models.translit import scores
 
 
@@ -36,6 +38,8 @@ def main() -> None:
                     help="comma-separated word_weight values swept on the run's decoding (needs data.word_list)")
     ap.add_argument("--channel-weights", default="0,0.3,0.6,0.9",
                     help="comma-separated channel_weight values swept on the run's decoding (needs channel members)")
+    ap.add_argument("--beams", default="",
+                    help="comma-separated beam widths tried on the run's decoding, e.g. 20")
     ap.add_argument("--only-lexicon", action="store_true",
                     help="skip the decoding options of the translation model alone (beam, length_norm, LM, members)")
     args = ap.parse_args()
@@ -45,6 +49,12 @@ def main() -> None:
     sources, refs = [s for s, _ in pairs], [normalize_target(t) for _, t in pairs]
     if not model.target_lexicon:  # trained before the lexicon was data info: rebuild it from the training pairs
         model.target_lexicon = frozenset(create_data(**cfg["data"]).info["target_lexicon"])
+    try:
+        beams = [int(k) for k in args.beams.split(",") if k.strip()]
+    except ValueError:
+        ap.error(f"--beams takes comma-separated integers, not {args.beams!r}")
+    if any(k < 1 for k in beams):
+        ap.error("--beams: every width must be at least 1")
     sweeps = {key: [float(w) for w in getattr(args, key.replace("_weight", "_weights")).split(",") if w.strip()]
               for key in ("lexicon_weight", "word_weight", "channel_weight")}
     members, r2l = list(model.members), list(model.r2l)
@@ -64,7 +74,7 @@ def main() -> None:
         settings += [(f"beam 5, {n_r} right-to-left rescoring", {**bare, "beam": 5, "r2l": n_r})]
     if args.only_lexicon:
         settings = []
-    settings += [("the run's decoding", {})]
+    settings += [("the run's decoding", {})] + [(f"beam {k}", {"beam": k}) for k in beams if k != config["beam"]]
     for key, values in sweeps.items():
         if key == "word_weight" and not model.word_zipf or key == "channel_weight" and not n_c:
             continue
@@ -97,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

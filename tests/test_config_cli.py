@@ -104,3 +104,23 @@ def test_registry_refuses_duplicates_and_suggests_names():
         create_model("gaussian_aee")
     with pytest.raises(ConfigError, match="did you mean 'latent_dim'"):
         create_model("gaussian_ae", latent_dims=3)
+
+
+@pytest.mark.parametrize("argv", [
+    ["translit_options.py", "runs/no-such-run"],
+    ["gan_ema_check.py", "runs/no-such-run"],
+    ["collect_metrics.py", "runs/no-such-run", "--out", "{tmp}/metrics.json"],
+    ["kill_resume.py", "configs/no-such.yaml"],
+    ["bench.py", "configs/no-such.yaml"],
+])
+def test_scripts_end_bad_input_with_one_error_line_and_status_2(argv, tmp_path):
+    """The measurement scripts answer a wrong run or config as `zoo` does: a line, status 2, no traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "scripts" / argv[0]), *(a.format(tmp=tmp_path) for a in argv[1:])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "no-such" in lines[0]
