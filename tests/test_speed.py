@@ -132,12 +132,17 @@ def test_the_event_file_writes_tensorboards_own_records_and_tensorboard_reads_th
     ev.add_figure("fig", fig, 3)
     ev.add_image("img", torch.rand(3, 8, 8), 4)
     ev.add_text("table", "| a |\n|---|\n| 1 |", 5)
+    for s in (6, 7):  # a refilled message per set of tags: each event keeps its own numbers
+        ev.add_scalars({"a": s, "b": -s}, s)
+        ev.add_scalars({"a": 10 * s}, s)
     ev.close()
     acc = EventAccumulator(str(tmp_path / "a"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     assert [s.step for s in acc.Scalars("loss")] == list(range(1, 40))
     assert [i.step for i in acc.Images("fig")] == [3] and [i.step for i in acc.Images("img")] == [4]
     assert [t.step for t in acc.Tensors("table/text_summary")] == [5]
+    assert [(s.step, s.value) for s in acc.Scalars("a")] == [(6, 6), (6, 60), (7, 7), (7, 70)]
+    assert [(s.step, s.value) for s in acc.Scalars("b")] == [(6, -6), (7, -7)]
     assert not plt.fignum_exists(fig.number)  # figures are closed once logged
 
 
