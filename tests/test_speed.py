@@ -146,6 +146,19 @@ def test_the_event_file_writes_tensorboards_own_records_and_tensorboard_reads_th
     assert not plt.fignum_exists(fig.number)  # figures are closed once logged
 
 
+def test_event_files_sort_in_the_order_they_were_opened(tmp_path):
+    """TensorBoard reads a run's event files in name order, so a resumed run's file must sort after the earlier
+    ones, even when a process opens more than ten in one second (a counter 10 sorts before 9 unpadded)."""
+    from zoo.runlog import EventFile
+
+    opened = []
+    for _ in range(12):
+        before = set(tmp_path.iterdir())
+        EventFile(tmp_path).close()
+        opened += [p.name for p in set(tmp_path.iterdir()) - before]
+    assert len(opened) == 12 and sorted(opened) == opened
+
+
 def test_bf16_autocast_on_the_cpu_trains_and_stays_close_to_fp32(mnist_root, tmp_path):
     full = fit(lenet_config(mnist_root), tmp_path / "a")
     half = fit(lenet_config(mnist_root, precision="bf16"), tmp_path / "b")

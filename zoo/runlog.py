@@ -69,7 +69,10 @@ class EventFile:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
         self.Event, self.records, self.scalar_events = Event, [], {}
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._uid)}"
+        # TensorBoard reads a run's files in name order: microseconds and a padded counter keep a resumed run's
+        # file after the earlier ones even within one second of one process (seconds and uid 10 sort before 9)
+        name = (f"events.out.tfevents.{time.time_ns() // 1000:016d}.{socket.gethostname()}.{os.getpid()}."
+                f"{next(self._uid):06d}")
         self.file = open(Path(logdir) / name, "ab")
         self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
         if purge_step is not None:  # TensorBoard hides this file's earlier events from this step on
