@@ -241,7 +241,8 @@ def check_data_info(ck: dict[str, Any], info: dict[str, Any], run_dir: Path) -> 
     weights would meet other inputs."""
     plain = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples read back from a checkpoint as lists)
     old = ck.get("data_info") or {}
-    changed = sorted(k for k in set(old) | set(info) if plain(old.get(k)) != plain(info.get(k)))
+    changed = sorted(k for k in set(old) | set(info)  # json only where == differs: the word list is 8 MB
+                     if old.get(k) != info.get(k) and plain(old.get(k)) != plain(info.get(k)))
     if changed:
         raise ZooError(f"cannot resume '{run_dir}': the data now declares a different {changed[0]} than when the "
                        f"run started (did its files change?); restore them or start a new run")
