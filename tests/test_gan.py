@@ -14,6 +14,7 @@ from zoo import fid, visuals
 from zoo.cli import main
 from zoo.config import load_config
 from zoo.data import create_data
+from zoo.errors import ConfigError
 from zoo.models.gan import GAN, GAN1D, d_star_identity, g_star, generator_loss, ks_statistic, w1_to_triangle
 from zoo.registry import create_model
 from zoo.trainer import Trainer, fit
@@ -140,7 +141,7 @@ def test_schedule_and_groups():
     frozen = GAN1D(freeze_g_identity=True)
     assert frozen.update_schedule() == ["d"] and list(frozen.param_groups()) == ["d"]
     for bad in ({"generator_loss": "hinge"}, {"d_steps": 0}, {"r1": -1.0}, {"r1_every": 0}, {"depth": -1}):
-        with pytest.raises(Exception):
+        with pytest.raises(ConfigError, match=f"model.{next(iter(bad))}="):
             create_model("gan", input_shape=(1, 28, 28), **bad)
 
 
