@@ -153,6 +153,25 @@ def test_set_abstraction_is_permutation_invariant(digits):
     assert pick(cp, first(cp)) != pick(c, first(c))
 
 
+@pytest.mark.parametrize("name,kw", [("pointnet", {"widths": [16, 32], "head": [16]}),
+                                     ("pointnet_sa", {"centroids": [32, 8], "k": 8, "widths": [[16], [16]],
+                                                      "global_widths": [32], "head": [16]})])
+def test_the_grey_level_feature_keeps_both_networks_permutation_invariant(mnist_root, name, kw):
+    """Both shipped configs feed (x, y, grey level): the grey level travels with its point."""
+    grey = build_data("mnist_points", root=mnist_root, limit=300, val_size=100, intensity=True, rotate=0.0,
+                      scale=0.0, jitter=0.0, dropout=0.0).setup()
+    torch.manual_seed(0)
+    model = create_model(name, grey.info, **kw).eval()
+    x = grey.tensors("val")[0][:12]
+    assert x.shape[-1] == 3 and x[..., 2].std() > 0.05  # grey levels vary inside a cloud
+    with torch.no_grad():
+        assert torch.allclose(model.features(permuted(x)), model.features(x), atol=1e-5)
+        assert torch.equal(model(permuted(x, 1)).argmax(1), model(x).argmax(1))
+        shifted = x.clone()
+        shifted[..., 2] = 1 - shifted[..., 2]  # the feature is read: other grey levels, other output
+        assert not torch.allclose(model.features(shifted), model.features(x), atol=1e-3)
+
+
 # ---- the exam's part (b): which grouping schemes keep F invariant ----------------------------------------------
 def test_exam_grouping_schemes_sorted_by_distance_are_invariant_input_order_is_not():
     x = random_clouds(1, 30, seed=4)[0]
