@@ -8,7 +8,7 @@ with one setting changed at a time: beam widths (``--beams``), target-lexicon bo
 the lexicon is the checkpoint's, i.e. the training targets; a run trained before the lexicon existed gets it
 rebuilt from its data config's training pairs), word-list weights (``--word-weights``, with the run's
 ``data.word_list``), noisy-channel weights (``--channel-weights``, with the run's channel members), LM weights
-and fewer members. Word accuracy is also given
+and fewer members (translation, right-to-left, channel). Word accuracy is also given
 on the two halves of the words (a seeded split): a weight chosen on one half can be read on the other.
 Training-time options (ensemble, teacher forcing, cell, attention) need their own runs: see the README for those
 commands.
@@ -57,11 +57,11 @@ def main() -> None:
         ap.error("--beams: every width must be at least 1")
     sweeps = {key: [float(w) for w in getattr(args, key.replace("_weight", "_weights")).split(",") if w.strip()]
               for key in ("lexicon_weight", "word_weight", "channel_weight")}
-    members, r2l = list(model.members), list(model.r2l)
-    n_l, n_r, n_c = len(members), len(r2l), len(model.channel)
+    members, r2l, channel = list(model.members), list(model.r2l), list(model.channel)
+    n_l, n_r, n_c = len(members), len(r2l), len(channel)
     # every setting: the run's own decoding with some of these keys changed
     config = {"beam": model.beam, "length_norm": model.length_norm, "lm_weight": model.lm_weight, "members": n_l,
-              "r2l": n_r, "lexicon_weight": model.lexicon_weight, "word_weight": model.word_weight,
+              "r2l": n_r, "channel": n_c, "lexicon_weight": model.lexicon_weight, "word_weight": model.word_weight,
               "channel_weight": model.channel_weight}
     bare = {"length_norm": 0.0, "lm_weight": 0.0, "r2l": 0, "lexicon_weight": 0.0, "word_weight": 0.0,
             "channel_weight": 0.0}  # the translation model alone
@@ -83,6 +83,7 @@ def main() -> None:
         settings += [(f"lm_weight {w}", {"lm_weight": w}) for w in [0.0, *lm] if w != config["lm_weight"]]
     settings += [(f"{m} + {r} members", {"members": m, "r2l": r})
                  for m, r in sorted({(1, min(1, n_r)), (min(2, n_l), min(1, n_r))} - {(n_l, n_r)})]
+    settings += [(f"{c} channel member(s)", {"channel": c}) for c in range(1, n_c)]
     in_lex = sum(r in model.target_lexicon for r in refs) / len(refs)
     print(f"{args.run}: {len(pairs)} words; {n_l} left-to-right members, {n_r} right-to-left, {n_c} channel; "
           f"target lexicon {len(model.target_lexicon)} words, holding {in_lex:.1%} of the references; the run's "
@@ -94,6 +95,7 @@ def main() -> None:
         for key in ("length_norm", "lm_weight", "lexicon_weight", "word_weight", "channel_weight"):
             setattr(model, key, d[key])
         model.members, model.r2l = torch.nn.ModuleList(members[:d["members"]]), torch.nn.ModuleList(r2l[:d["r2l"]])
+        model.channel = torch.nn.ModuleList(channel[:d["channel"]])
         k = d["beam"]
         t0 = time.perf_counter()
         wide = model.transliterate(sources, beam=max(k, 5), nbest=5)  # top-5 always from a beam >= 5
