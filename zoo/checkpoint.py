@@ -151,7 +151,8 @@ def load(path: Path) -> dict[str, Any]:
             KeyError, IndexError, UnicodeDecodeError) as e:  # weights_only refuses code; other errors: not ours
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         why = next((ln for ln in lines if "error:" in ln.lower()), lines[0] if lines else type(e).__name__)
-        raise ZooError(f"'{path}' is not a readable zoo checkpoint ({why[:160]}); re-train or pick another file")
+        raise ZooError(f"'{path}' is not a readable zoo checkpoint ({why[:160]}); "
+                       "re-train or pick another file") from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "config" not in ckpt:
         raise ZooError(f"'{path}' is a torch file but not a zoo checkpoint (no model_name/config)")
     if ckpt.get("format", FORMAT) > FORMAT:

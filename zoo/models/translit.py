@@ -654,8 +654,8 @@ def nearest_words(words: list[str], train: list[tuple[str, str]]) -> list[str]:
     qs, rs = by_length(words), by_length([s for s, _ in train])
     best = torch.full((len(words),), 10 ** 6, dtype=torch.long)
     arg = torch.zeros(len(words), dtype=torch.long)
-    for lq, (qi, q) in sorted(qs.items()):
-        for lr, (ri, r) in sorted(rs.items()):
+    for _, (qi, q) in sorted(qs.items()):
+        for _, (ri, r) in sorted(rs.items()):
             d = _edit_distance(q, r)  # [nq, nr]
             value, where = d.min(1)
             pick = ri[where]
