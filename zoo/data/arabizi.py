@@ -13,6 +13,7 @@ target tokens, so validation averages are per token.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import sys
 import unicodedata
@@ -104,6 +105,11 @@ def encode(words: list[str], vocab: list[str] | dict[str, int], eos: bool = Fals
 def wordfreq_buckets(alphabet: set[str]) -> list[list]:
     """wordfreq's Arabic list ('large': 620k words down to one per 10^8) as [[zipf, "w1 w2 ..."], ...], most
     frequent first, keeping the words spelt in ``alphabet`` (the model can write no others)."""
+    return [list(bucket) for bucket in _wordfreq_buckets(frozenset(alphabet))]
+
+
+@functools.lru_cache(maxsize=4)  # filtering 620k words takes a second: once per alphabet and process
+def _wordfreq_buckets(alphabet: frozenset[str]) -> tuple[tuple[float, str], ...]:
     try:
         import wordfreq
     except ImportError:
@@ -113,8 +119,8 @@ def wordfreq_buckets(alphabet: set[str]) -> list[list]:
     for i, bucket in enumerate(wordfreq.get_frequency_list("ar", "large")):  # bucket i: frequency 10^(-i/100)
         words = [w for w in map(normalize_target, bucket) if w and alphabet.issuperset(w)]
         if words:
-            out.append([round(9 - i / 100, 2), " ".join(words)])
-    return out
+            out.append((round(9 - i / 100, 2), " ".join(words)))
+    return tuple(out)
 
 
 @register_data("arabizi")
