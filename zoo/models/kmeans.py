@@ -131,7 +131,9 @@ class KMeansNet(ClusterModel, ZooModel):
 
     # ---- fitting hooks ----------------------------------------------------------------------------------------
     def setup(self, data) -> None:
-        self._train_x = data.tensors("train")[0].flatten(1)  # fresh or resumed: on_epoch_end's full-data cost
+        self._train_x = x = data.tensors("train")[0].flatten(1)  # fresh or resumed: on_epoch_end's full-data cost
+        # sum_n ||x_n||^2 is the same every epoch: the cost then needs only the GEMM pass
+        self._train_sq = sum(x[i:i + CHUNK].pow(2).sum(1).double().sum() for i in range(0, len(x), CHUNK))
 
     def on_fit_start(self, data) -> None:
         """Initial centres from the training split, drawn from torch's global RNG (the trainer seeds it)."""
@@ -146,26 +148,22 @@ class KMeansNet(ClusterModel, ZooModel):
         if self._train_x is None:  # used outside the trainer, without setup()
             return {}
         x = self._train_x
-        if self.restarts == 1:
-            labels = self.assign(x)
-            cost = inertia(x, self.prototypes(), labels)
-        else:  # cluster with the restart whose centres cost least on the training data
-            cost, labels = self._best_restart(x)
+        cost, labels = self._best_restart(x, self._train_sq)  # with several restarts, it picks the cheapest
         counts = torch.bincount(labels, minlength=self.k)
         return {"inertia_per_image_full": cost / len(x), "empty_clusters": float((counts == 0).sum())}
 
     @torch.no_grad()
-    def _best_restart(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """Every restart's k-means cost in one GEMM pass over ``x`` (||x - C_i||^2 = ||x||^2 - 2 a_i); sets
-        ``best`` and returns its cost and labels."""
+    def _best_restart(self, x: torch.Tensor, sq: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Every restart's k-means cost in one GEMM pass over ``x`` (||x - C_i||^2 = ||x||^2 - 2 a_i, with
+        ``sq`` = sum_n ||x_n||^2); sets ``best`` and returns its cost and labels."""
         c = self.centers.detach()
         half = 0.5 * c.pow(2).sum(1)
-        costs = torch.zeros(self.restarts, dtype=torch.float64, device=x.device)
+        costs = sq.expand(self.restarts).clone()
         labels = []
         for i in range(0, len(x), CHUNK):
             rows = x[i:i + CHUNK]
             top, arg = (rows @ c.T - half).view(len(rows), self.restarts, self.k).max(-1)  # [n, R]
-            costs += (rows.pow(2).sum(1, keepdim=True) - 2 * top).double().sum(0)
+            costs -= 2 * top.double().sum(0)
             labels.append(arg)
         self.best.fill_(int(costs.argmin()))
         return float(costs[self.best]), torch.cat(labels)[:, self.best]
