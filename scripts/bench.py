@@ -15,7 +15,7 @@ hook (the EM M-step, say); validation, visuals and checkpoints are left out of a
 whole-run view instead: a short `zoo train` in a fresh process (S steps, one epoch end), split into start-up,
 data, steps, batching and loop, validation, logging and checkpoints.
 
-    .venv/bin/python scripts/bench.py                          # every shipped config on CPU, a few minutes
+    .venv/bin/python scripts/bench.py                          # every shipped config on CPU, about 20 minutes
     .venv/bin/python scripts/bench.py configs/vae.yaml --device cuda --set train.precision=bf16
     .venv/bin/python scripts/bench.py --kmeans                 # kmeans_net vs scikit-learn KMeans(n_init=10)
 
