@@ -27,6 +27,7 @@ from bench import MinimalLoop, ZooLoop  # noqa: E402
 
 from zoo.config import load_config  # noqa: E402
 from zoo.errors import script_main  # noqa: E402
+from zoo.optim import clear_grads  # noqa: E402
 
 
 def main() -> None:
@@ -47,8 +48,7 @@ def main() -> None:
             zoo.tr.window.add = lambda step, terms: None
         if a.minimal_clears_grads:
             for opt in minimal.optimizers.values():
-                opt.zero_grad = lambda set_to_none=True, opt=opt: [
-                    setattr(p, "grad", None) for g in opt.param_groups for p in g["params"]]
+                opt.zero_grad = lambda set_to_none=True, opt=opt: clear_grads(opt)
         zoo.run(a.steps), minimal.run(a.steps)  # warm-up
 
         def timed(loop) -> float:

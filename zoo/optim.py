@@ -28,12 +28,17 @@ def build_optimizers(model, t: dict) -> tuple[dict[str, torch.optim.Optimizer], 
     return optimizers, schedulers
 
 
+def clear_grads(opt: torch.optim.Optimizer) -> None:
+    """``opt.zero_grad(set_to_none=True)`` without its profiler range, which costs 6-7 us a call on a CPU."""
+    for g in opt.param_groups:
+        for p in g["params"]:
+            p.grad = None
+
+
 def apply_update(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler, dist, grad_clip: float | None) -> None:
     """Backpropagate ``loss`` into ``opt``'s parameters, average the gradients over processes, clip, step.
     A plain fp32 single-process step is exactly zero_grad, backward, step: nothing else runs per step."""
-    for g in opt.param_groups:  # zero_grad(set_to_none=True) without its profiler range, which costs 6 us a call
-        for p in g["params"]:
-            p.grad = None
+    clear_grads(opt)
     if not scaler.is_enabled() and not dist.enabled and not grad_clip:
         loss.backward()
         opt.step()
