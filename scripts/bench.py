@@ -9,8 +9,10 @@ same config, interleaved in one process so machine noise hits all three alike:
   dataloader  the pytorch/examples way: torchvision.datasets.MNIST + ToTensor + DataLoader for MNIST configs,
               a Dataset + DataLoader over the same tensors otherwise (num_workers 0 on CPU, 1 + pinned on CUDA)
 
-Steady state: items/s over interleaved windows after a warm-up; each ratio is the median over rounds of the
-ratio of the loops' windows in that round. Every loop runs the model's own epoch
+All three draw the trainer's permutation of each epoch (for torchvision's MNIST, over its first N images, N
+the size of the training split), so every window trains on the same batches: a translit step costs 180-260 ms
+by its words' lengths. Steady state: items/s over interleaved windows after a warm-up; each ratio is the median
+over rounds of the ratio of the loops' windows in that round. Every loop runs the model's own epoch
 hook (the EM M-step, say); validation, visuals and checkpoints are left out of all three and timed in the
 whole-run view instead: a short `zoo train` in a fresh process (S steps, one epoch end), split into start-up,
 data, steps, batching and loop, validation, logging and checkpoints.
@@ -80,13 +82,13 @@ class MinimalLoop:
         self.log_every, self.shown = t["log_every"], 0.0
         self.schedule = self.model.update_schedule()
         self.clip = t["grad_clip"]
-        self.gen = torch.Generator().manual_seed(t["seed"] + 1)
+        self.seed, self.gen = t["seed"], torch.Generator().manual_seed(t["seed"] + 1)
         self.step, self.rows = 0, self.batches()
 
     def batches(self):
         parts, n, epoch = self.data.tensors("train"), self.data.size("train"), 0
         while True:
-            perm = torch.randperm(n, generator=self.gen).to(self.device)
+            perm = self.data.epoch_order(self.seed, epoch).to(self.device)  # a seeded randperm, the trainer's
             for start in range(0, n, self.bs):
                 idx = perm[start:start + self.bs]
                 yield tuple(p[idx] for p in parts)
@@ -136,6 +138,21 @@ class MinimalLoop:
         return items
 
 
+class EpochOrder(torch.utils.data.Sampler):
+    """``shuffle=True``'s RandomSampler (a randperm per epoch, as a list) drawing the trainer's permutations."""
+
+    def __init__(self, data, seed: int):
+        self.data, self.seed, self.epoch = data, seed, 0
+
+    def __len__(self) -> int:
+        return self.data.size("train")
+
+    def __iter__(self):
+        order = self.data.epoch_order(self.seed, self.epoch).tolist()
+        self.epoch += 1
+        yield from order
+
+
 class DataLoaderLoop(MinimalLoop):
     """The pytorch/examples way: a Dataset read item by item, batched by a DataLoader, moved to the device."""
 
@@ -155,9 +172,8 @@ class DataLoaderLoop(MinimalLoop):
         else:
             dataset = TensorDataset(*(p.cpu() for p in self.data.tensors("train")))
         cuda = device.type == "cuda"
-        self.loader = DataLoader(dataset, batch_size=self.bs, shuffle=True, num_workers=1 if cuda else 0,
-                                 pin_memory=cuda, generator=torch.Generator().manual_seed(cfg["train"]["seed"]),
-                                 persistent_workers=cuda)
+        self.loader = DataLoader(dataset, batch_size=self.bs, sampler=EpochOrder(self.data, self.seed),
+                                 num_workers=1 if cuda else 0, pin_memory=cuda, persistent_workers=cuda)
 
     def batches(self):
         epoch = 0

@@ -261,3 +261,33 @@ def test_an_update_clears_the_last_steps_gradients_as_zero_grad_does():
     ref = trained(by_hand)
     for p, q in zip(zoo.parameters(), ref.parameters()):
         assert torch.equal(p, q) and torch.equal(p.grad, q.grad)  # accumulated gradients would differ from step 2
+
+
+def test_the_three_bench_loops_train_on_the_same_batches_with_the_same_epoch_length(tmp_path, mnist_root):
+    """A translit step's cost depends on its words' lengths (180-260 ms for batches of the same size): the loops
+    must see the same batches in every window, and epochs of the same length so their epoch ends line up."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    cfg = load_config({"name": "t", "model": {"name": "translit_rnn", "emb": 8, "hidden": 8},
+                       "data": {"name": "arabizi", "valid": None, "val_size": 20, "limit": 100, "word_list": None},
+                       "train": {"batch_size": 16, "device": "cpu", "seed": 3}})
+    cpu = torch.device("cpu")
+    loops = [bench.ZooLoop(cfg, tmp_path / "z"), bench.MinimalLoop(cfg, cpu), bench.DataLoaderLoop(cfg, cpu)]
+    seen: dict[str, list] = {lp.name: [] for lp in loops}
+
+    def spy(name, step):
+        return lambda batch: seen[name].append(batch[0].clone()) or step(batch)
+
+    loops[0].tr.train_step = spy("zoo", loops[0].tr.train_step)
+    for lp in loops[1:]:
+        lp.one_step = spy(lp.name, lp.one_step)
+    for lp in loops:
+        lp.run(9)  # an epoch is 5 batches of 16 of the 80 training words: this crosses into the second
+    loops[0].close()
+    assert len(seen["zoo"]) == 9 and not torch.equal(seen["zoo"][0], seen["zoo"][5])  # not the same batch twice
+    for other in ("minimal", "dataloader"):
+        assert all(torch.equal(a, b) for a, b in zip(seen["zoo"], seen[other], strict=True)), other
+
+    mnist = bench.DataLoaderLoop(lenet_config(mnist_root), cpu)  # torchvision's 60k images, a 256-image split
+    assert mnist.data.size("train") == 256 and len(mnist.loader) == 256 // 32
