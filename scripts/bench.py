@@ -15,7 +15,7 @@ by its words' lengths. Steady state: items/s over interleaved windows after a wa
 over rounds of the ratio of the loops' windows in that round. Every loop runs the model's own epoch
 hook (the EM M-step, say); validation, visuals and checkpoints are left out of all three and timed in the
 whole-run view instead: a short `zoo train` in a fresh process (S steps, one epoch end), split into start-up,
-data, steps, batching and loop, validation, logging and checkpoints.
+data, steps, batching and loop, the model's epoch hook, validation, logging and checkpoints.
 
     .venv/bin/python scripts/bench.py                          # every shipped config on CPU, about 20 minutes
     .venv/bin/python scripts/bench.py configs/vae.yaml --device cuda --set train.precision=bf16
@@ -309,7 +309,8 @@ def profile_run(config: str, overrides: list[str], steps: int, phases_path: Path
     from zoo import cli
     from zoo.runlog import RunLog
 
-    totals = {"start-up": 0.0, "data": 0.0, "steps": 0.0, "validation": 0.0, "logging": 0.0, "checkpoints": 0.0}
+    totals = {"start-up": 0.0, "data": 0.0, "steps": 0.0, "epoch hook": 0.0, "validation": 0.0, "logging": 0.0,
+              "checkpoints": 0.0}
     stack: list[float] = []
 
     def timed(phase, fn):
@@ -330,6 +331,7 @@ def profile_run(config: str, overrides: list[str], steps: int, phases_path: Path
     def init(self, *args, **kwargs):
         totals["init_start"] = time.time()
         timed("start-up", real_init)(self, *args, **kwargs)
+        self.model.on_epoch_end = timed("epoch hook", self.model.on_epoch_end)  # an EM step, a prior refit
 
     def loop(self, stop):
         status = real_loop(self, stop)
@@ -433,7 +435,7 @@ def main() -> None:
                 results["configs"][path] = row
                 thr = row["items_per_s"]
                 wr = row.get("whole_run")
-                split = " ".join(f"{k.split()[0]}={v:.2f}" for k, v in wr.items() if k != "num_steps") if wr else ""
+                split = " ".join(f"{k.replace(' ', '-')}={v:.2f}" for k, v in wr.items() if k != "num_steps") if wr else ""
                 mflop = f"{row['flops_per_item'] / 1e6:9.2f}" if row["flops_per_item"] else f"{'-':>9s}"
                 print(f"{Path(path).stem:28s} {thr['zoo']:10.0f} {thr['minimal']:10.0f} {thr['dataloader']:10.0f} "
                       f"{row['ratio_vs_minimal']:8.3f} {row['ratio_vs_dataloader']:8.2f} {mflop}   {split}",
