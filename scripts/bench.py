@@ -435,7 +435,7 @@ def main() -> None:
                 results["configs"][path] = row
                 thr = row["items_per_s"]
                 wr = row.get("whole_run")
-                split = " ".join(f"{k.replace(' ', '-')}={v:.2f}" for k, v in wr.items() if k != "num_steps") if wr else ""
+                split = " ".join(f"{k.replace(' ', '-')}={v:.2f}" for k, v in (wr or {}).items() if k != "num_steps")
                 mflop = f"{row['flops_per_item'] / 1e6:9.2f}" if row["flops_per_item"] else f"{'-':>9s}"
                 print(f"{Path(path).stem:28s} {thr['zoo']:10.0f} {thr['minimal']:10.0f} {thr['dataloader']:10.0f} "
                       f"{row['ratio_vs_minimal']:8.3f} {row['ratio_vs_dataloader']:8.2f} {mflop}   {split}",
