@@ -74,7 +74,8 @@ class EvalContext:
 def train(
     config: Path = typer.Argument(..., help="YAML config, e.g. configs/vae.yaml"),
     overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides: train.epochs=2 model.latent_dim=16"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="output dir (default runs/<name>, numbered if taken)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir",
+                                           help="output dir (default runs/<name>, numbered if taken)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this dir from its last.pt"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
     allow_changes: bool = typer.Option(False, "--allow-changes",
@@ -336,8 +337,10 @@ def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. 
     infos = list_models(pattern)
     if not infos:
         raise ZooError(f"no model matches '{pattern}'; `zoo list` shows them all")
-    rows = [(i.name, i.family, i.config or "-", ",".join(c for c in CAPABILITIES if callable(getattr(i.builder, c, None)))
-             or "-", i.description) for i in infos]
+    def can(i):
+        return ",".join(c for c in CAPABILITIES if callable(getattr(i.builder, c, None))) or "-"
+
+    rows = [(i.name, i.family, i.config or "-", can(i), i.description) for i in infos]
     widths = [max(len(r[k]) for r in rows) for k in range(4)]
     for r in rows:
         print("  ".join(r[k].ljust(widths[k]) for k in range(4)) + "  " + r[4])

@@ -123,7 +123,7 @@ class StepWindow:
     (one stack, one host sync), notes the first NaN/inf loss and keeps each log point's means (over its steps
     since the previous log point of its epoch). Reads wait for ``publish``, which the trainer calls when ``due``
     (``READ_SECONDS`` since the last, or ``MAX_HELD`` steps held) and before each checkpoint: on the CPU too,
-    where a read costs no sync, one read per second is cheaper than one per log point.""" 
+    where a read costs no sync, one read per second is cheaper than one per log point."""
 
     READ_SECONDS = 1.0
     MAX_HELD = 256

@@ -73,7 +73,8 @@ def data_names() -> list[str]:
 def data_class(name: str) -> type["DataModule"]:
     _ensure_loaded()
     if name not in _DATA:
-        raise ConfigError(f"unknown data.name '{name}'{suggest(name, _DATA)}; choose one of: {', '.join(sorted(_DATA))}")
+        raise ConfigError(f"unknown data.name '{name}'{suggest(name, _DATA)}; "
+                          f"choose one of: {', '.join(sorted(_DATA))}")
     return _DATA[name]
 
 

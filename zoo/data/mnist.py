@@ -105,7 +105,8 @@ def ensure_mnist(root: str | Path, log: Callable[[str], None] = lambda s: None) 
                 errors.append(f"{name}: {_last_line(e)}")
     if not _have_mnist(root):
         raise ZooError(f"MNIST is not under {_raw_dir(root)} and could not be fetched ({'; '.join(errors)}); "
-                       f"put the four uncompressed IDX files ({', '.join(MNIST_FILES)}) there, or set data.root/ZOO_DATA")
+                       f"put the four uncompressed IDX files ({', '.join(MNIST_FILES)}) there, "
+                       f"or set data.root/ZOO_DATA")
     raw = _raw_dir(root)
     # the stamp records each file's size and mtime when its md5 was checked: a file changed since is checked again
     stamp = raw / ".md5-ok.json"

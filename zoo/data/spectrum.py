@@ -36,6 +36,8 @@ class Spectrum(DataModule):
         def fresh(count):
             return ((u * s) @ torch.randn(m, count, generator=g, dtype=torch.float64) / n ** 0.5).T.float()
 
-        zeros = lambda count: torch.zeros(count, dtype=torch.long)
+        def zeros(count):
+            return torch.zeros(count, dtype=torch.long)
+
         self.splits = {"train": (x.T.float(), zeros(n)), "val": (fresh(n), zeros(n)), "test": (fresh(n), zeros(n))}
         return self

@@ -36,7 +36,8 @@ class ZooModel(nn.Module):
         return {"main": list(self.parameters())}
 
     def update_schedule(self) -> list[str]:
-        """Optimizer names to step, in order, for each batch (GAN: ``["d"] * k + ["g"]``); asked once, when training starts."""
+        """Optimizer names to step, in order, for each batch (GAN: ``["d"] * k + ["g"]``); asked once, when
+        training starts."""
         return list(self.param_groups())
 
     def setup(self, data) -> None:

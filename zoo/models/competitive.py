@@ -35,7 +35,8 @@ class Competitive(ClusterModel, ZooModel):
     manual_update = True
 
     def __init__(self, input_shape=(1, 28, 28), k: int = 10, eta: float = 0.05, eta_decay: float = 1.0,
-                 init: Literal["samples", "uniform", "kmeans++"] = "samples", normalize: bool = True, rounding: bool = False):
+                 init: Literal["samples", "uniform", "kmeans++"] = "samples", normalize: bool = True,
+                 rounding: bool = False):
         super().__init__()
         if k < 1 or eta <= 0 or not 0 < eta_decay <= 1:
             raise ValueError("need k >= 1, eta > 0 and eta_decay in (0, 1]")

@@ -296,9 +296,10 @@ class GAN1D(_TwoPlayer):
     """Small MLPs G: z -> z + mlp(z) (starting at the identity) and D: x -> logit. ``freeze_g_identity`` fixes
     G(z) = z and trains only D, whose optimum is then D*(x) = (2 - 2x) / (3 - 2x)."""
 
-    def __init__(self, width: int = 32, depth: int = 3, activation: Literal["leaky_relu", "silu", "tanh"] = "leaky_relu",
-                 generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1, r1: float = 3.0,
-                 freeze_g_identity: bool = False, grid: int = 10001):
+    def __init__(self, width: int = 32, depth: int = 3,
+                 activation: Literal["leaky_relu", "silu", "tanh"] = "leaky_relu",
+                 generator_loss: Literal["non_saturating", "minimax"] = "non_saturating", d_steps: int = 1,
+                 r1: float = 3.0, freeze_g_identity: bool = False, grid: int = 10001):
         super().__init__(generator_loss, d_steps, r1)
         if not (1 <= width <= 8192 and 1 <= depth <= 64 and 101 <= grid <= 10**7):
             raise ValueError("width must be in [1, 8192], depth in [1, 64] and grid in [101, 10^7]")
@@ -340,7 +341,8 @@ class GAN1D(_TwoPlayer):
         ``w1``: W1(G(Z), X) = ∫|F_G^-1(u) - G*(u)| du, with F_G^-1 the sorted values of G on the grid: exact for
         any G, and equal to ``l1_g_gstar`` = ∫|G - G*| dz when G is increasing; no sampling noise, so it compares
         with the identity's 1/6, not with a floor. ``w1_samples_n`` and ``ks``: W1 and Kolmogorov-Smirnov
-        statistic of n samples against the triangle law, beside the same figures for n true draws (the floor). ``d_star_sup_error``: sup |D - D*| (G = identity).
+        statistic of n samples against the triangle law, beside the same figures for n true draws (the floor).
+        ``d_star_sup_error``: sup |D - D*| (G = identity).
         """
         c = self.curves()
         t, g = c["t"], c["g"]

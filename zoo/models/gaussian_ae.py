@@ -64,7 +64,8 @@ class Decoder(nn.Module):
             nn.Unflatten(1, (channels, *self.base)))
         self.conv = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="bicubic", align_corners=False),
-            nn.ConvTranspose2d(channels, channels, 4, stride=2, output_padding=1), *_act(nn.BatchNorm2d(channels), dropout),
+            nn.ConvTranspose2d(channels, channels, 4, stride=2, output_padding=1),
+            *_act(nn.BatchNorm2d(channels), dropout),
             nn.ConvTranspose2d(channels, out_channels, 4, stride=1, padding=1))
 
     def forward(self, z):

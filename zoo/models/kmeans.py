@@ -70,13 +70,15 @@ class KMeansNet(ClusterModel, ZooModel):
     C_i -= (2 eta / B) sum_b p_bi (C_i - x_b) for any beta, the formula above when p is one-hot.
     """
 
-    def __init__(self, input_shape=(1, 28, 28), k: int = 10, beta: float = 20.0, init: Literal["labels", "uniform", "samples", "kmeans++"] = "samples",
+    def __init__(self, input_shape=(1, 28, 28), k: int = 10, beta: float = 20.0,
+                 init: Literal["labels", "uniform", "samples", "kmeans++"] = "samples",
                  assign_grad: bool = True, normalize: Literal["batch", "cluster"] = "batch", restarts: int = 1):
         super().__init__()
         if not 1 <= k <= 4096 or beta <= 0 or not 1 <= restarts <= 64:
             raise ValueError("need 1 <= k <= 4096, beta > 0 and 1 <= restarts <= 64")
         if init not in INITS or normalize not in ("batch", "cluster"):
-            raise ValueError(f"init={init!r} must be one of {', '.join(INITS)}; normalize={normalize!r} batch or cluster")
+            raise ValueError(f"init={init!r} must be one of {', '.join(INITS)}; "
+                             f"normalize={normalize!r} batch or cluster")
         self.k, self.beta, self.init, self.assign_grad = k, beta, init, assign_grad
         self.normalize, self.restarts = normalize, restarts
         self.image_shape = tuple(input_shape)

@@ -301,7 +301,8 @@ class LinearPurifier(ZooModel):
 
 # ---- linear regression (instance noise = ridge) -----------------------------------------------------------------
 @register_model("linear_regression", family="shallow", config="configs/instance_noise.yaml",
-                description="y = w x (+ b), half squared error; with input noise sigma it learns ridge, lambda = sigma^2")
+                description="y = w x (+ b), half squared error; "
+                            "with input noise sigma it learns ridge, lambda = sigma^2")
 class LinearRegression(ZooModel):
     """y_hat = x w (+ b). The loss is half the squared error, averaged over the batch: its gradient is
     (y_hat - y) x, so SGD's step is the textbook one. Weights start at 0 (w_0 = 0 in the exercise).

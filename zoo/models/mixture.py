@@ -35,7 +35,8 @@ class BernoulliMixture(ClusterModel, ZooModel):
 
     manual_update = True
 
-    def __init__(self, input_shape=(1, 28, 28), k: int = 10, smoothing: float = 1e-2, init: Literal["random", "samples"] = "random"):
+    def __init__(self, input_shape=(1, 28, 28), k: int = 10, smoothing: float = 1e-2,
+                 init: Literal["random", "samples"] = "random"):
         super().__init__()
         if k < 1 or smoothing < 0:
             raise ValueError("need k >= 1 and smoothing >= 0")

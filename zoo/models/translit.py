@@ -229,7 +229,8 @@ class TranslitRNN(ZooModel):
                              "layers, ensemble, r2l, channel <= 16 and beam <= 1000")
         if not (0 <= dropout < 1 and 0 <= teacher_forcing <= 1 and 0 < tf_decay <= 1 and 0 <= tf_min <= 1
                 and 0 <= label_smoothing < 1):
-            raise ValueError("dropout, label_smoothing in [0, 1); teacher_forcing, tf_min in [0, 1]; tf_decay in (0, 1]")
+            raise ValueError("dropout, label_smoothing in [0, 1); teacher_forcing, tf_min in [0, 1]; "
+                             "tf_decay in (0, 1]")
         if min(lm_hidden, lm_weight, length_norm, r2l, channel) < 0 or max_len_ratio <= 0:
             raise ValueError("lm_hidden, lm_weight, length_norm, r2l, channel must be >= 0 and max_len_ratio > 0")
         if lm_weight > 0 and lm_hidden == 0:
@@ -414,7 +415,7 @@ class TranslitRNN(ZooModel):
         return {"tokens": out["tokens"].gather(1, order[..., None].expand_as(out["tokens"])),
                 "log_probs": out["log_probs"].gather(1, order), "scores": score.gather(1, order)}
 
-    # ---- text in, text out --------------------------------------------------------------------------------------------
+    # ---- text in, text out -------------------------------------------------------------------------------------------
     def decode_tokens(self, row: torch.Tensor) -> str:
         chars = []
         for i in row.tolist():
@@ -592,7 +593,10 @@ SPECIALS_SET = (PAD_ID, UNK_ID, SOS_ID, EOS_ID)
 def same_words(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """[B] bool: the decoded rows (ending in <eos>, then padding) equal the targets."""
     width = max(pred.shape[1], tgt.shape[1])
-    pad = lambda x: F.pad(x, (0, width - x.shape[1]), value=PAD_ID)
+
+    def pad(x):
+        return F.pad(x, (0, width - x.shape[1]), value=PAD_ID)
+
     return (pad(pred) == pad(tgt)).all(1)
 
 
