@@ -438,6 +438,8 @@ def test_checkpoint_round_trip_translates_identically(trained):
     assert {t for _, t in trainer.data.texts("val")} - lexicon  # validation-only words stay out
     words = ["ahlan", "3alaykom", "7abibi", "ma3a", "$ukran"]
     assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)
+    by_two = model.transliterate(words, beam=3, nbest=3, batch_size=2)  # words of other lengths beside it
+    assert [[c for c, _ in n] for n in by_two] == [[c for c, _ in n] for n in model.transliterate(words, 3, 3)]
     model.lexicon_weight = trainer.model.lexicon_weight = 2.0
     model.word_weight = trainer.model.word_weight = 1.0
     assert model.transliterate(words, beam=3, nbest=3) == trainer.model.transliterate(words, beam=3, nbest=3)

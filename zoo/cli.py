@@ -258,7 +258,8 @@ def translit(
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="> 0: sample instead of search"),
     seed: int = typer.Option(0, "--seed", help="seed of sampling"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="words decoded at once"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                            help="words decoded at once (default: the model's)"),
     device: str = typer.Option("cpu", "--device", help="auto|cpu|cuda"),
 ):
     """Transliterate text with a model that can translate, word by word (digits/punctuation pass through)."""

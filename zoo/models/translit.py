@@ -44,6 +44,9 @@ from .base import ZooModel
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 MAX_CHUNK = 40  # longer words are transliterated in pieces this long: bounded memory for any input
+# Words decoded at once. On a 2-core CPU, 64 words (x beam 10 x 7 members) ran 1,936 words in 13.3 s and 0.93 GB
+# peak RSS against 16.4 s and 1.42 GB with 256: the beam's per-step tensors stay in cache. Same outputs.
+DECODE_BATCH = 64
 MAX_RERANK_WEIGHT = 100.0  # lexicon/word-list weights: beyond this the word evidence alone decides
 
 
@@ -430,7 +433,7 @@ class TranslitRNN(ZooModel):
 
     @torch.no_grad()
     def transliterate(self, words: Sequence[str], beam: int = 1, nbest: int = 1, temperature: float = 0.0,
-                      generator: torch.Generator | None = None, batch_size: int = 256,
+                      generator: torch.Generator | None = None, batch_size: int | None = None,
                       progress: Callable[[int, int], None] | None = None,
                       cache: dict | None = None) -> list[list[tuple[str, float]]]:
         """Words (no spaces) -> per word its ``nbest`` (Arabic, score) candidates, best first. The score is the
@@ -441,7 +444,7 @@ class TranslitRNN(ZooModel):
         self.eval()
         found: dict[str, list[tuple[str, float]]] = {} if cache is None else cache
         unique = sorted({w for w in words if w not in found}, key=lambda w: (len(w), w))
-        dev = self.device
+        dev, batch_size = self.device, batch_size or DECODE_BATCH
         for start in range(0, len(unique), batch_size):
             chunk = unique[start:start + batch_size]
             src, src_len = self.encode_words(chunk)
@@ -460,7 +463,7 @@ class TranslitRNN(ZooModel):
         return [found[w] for w in words]
 
     def translate(self, lines: Sequence[str], beam: int | None = None, nbest: int = 1, temperature: float = 0.0,
-                  seed: int = 0, batch_size: int = 256, progress: Callable[[int, int], None] | None = None,
+                  seed: int = 0, batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                   cache: dict | None = None) -> list[list[tuple[str, list[tuple[str, float]]]]]:
         """Lines of text -> per line, per whitespace-separated token, (token, n-best candidates with log-probs).
 
