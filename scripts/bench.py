@@ -62,6 +62,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def epoch_hooks(model, schedulers: dict, epoch: int) -> None:
+    """What every loop does at an epoch's end: the model's hook (an EM step, a prior refit), then the schedules."""
+    model.on_epoch_end(epoch)
+    for s in schedulers.values():
+        s.step()
+
+
 # ---- the three loops ----------------------------------------------------------------------------------------------
 class MinimalLoop:
     """What a user writes by hand: a permutation per epoch, index the resident tensors, one step per optimizer."""
@@ -96,9 +103,7 @@ class MinimalLoop:
             epoch += 1
 
     def end_epoch(self, epoch: int) -> None:
-        self.model.on_epoch_end(epoch)
-        for s in self.schedulers.values():
-            s.step()
+        epoch_hooks(self.model, self.schedulers, epoch)
 
     def make_batch(self, parts):
         batch = self.data.augment(self.data.collate("train", parts, self.gen), self.gen)
@@ -202,9 +207,7 @@ class ZooLoop:
         self.stop, self.bs, self.n = StopRequests(), cfg["train"]["batch_size"], tr.data.size("train")
 
         def epoch_end():
-            tr.model.on_epoch_end(tr.epoch)
-            for s in tr.schedulers.values():
-                s.step()
+            epoch_hooks(tr.model, tr.schedulers, tr.epoch)
             tr.epoch, tr.batch_in_epoch = tr.epoch + 1, 0
 
         tr.end_epoch = epoch_end
