@@ -53,8 +53,8 @@ def test_two_processes_take_the_step_of_one_process_on_both_shards(mnist_root, t
     ddp = model_state(tmp_path / "ddp")
     for k, v in one.model.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-5, atol=1e-6, msg=k)
-    start = fit(load_config(cfg, [*LENET, *plain, "train.max_steps=1", "train.optimizer.lr=0",
-                                  "train.batch_size=16", f"data.root={os.path.abspath(mnist_root)}"]), tmp_path / "start")
+    start = fit(load_config(cfg, [*LENET, *plain, "train.max_steps=1", "train.optimizer.lr=0", "train.batch_size=16",
+                                  f"data.root={os.path.abspath(mnist_root)}"]), tmp_path / "start")
     moved = max((ddp[k] - v).abs().max().item() for k, v in start.model.state_dict().items() if v.is_floating_point())
     assert moved > 1e-3  # four SGD steps really moved the weights, and both runs agree on where to
     # logged numbers are averaged over the ranks: each step's loss is that of the whole 16-image batch

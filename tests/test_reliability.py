@@ -131,7 +131,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys
     cfg = tmp_path / "g.yaml"
     cfg.write_text(yaml.safe_dump(gan1d()))
     for argv in (["sample", str(run), "-o", str(tmp_path / "s.png")], ["eval", str(evil), "--no-fid"],
-                 ["train", str(cfg), "--resume", str(run)], ["export", str(run), "-o", str(tmp_path / "w.safetensors")]):
+                 ["train", str(cfg), "--resume", str(run)],
+                 ["export", str(run), "-o", str(tmp_path / "w.safetensors")]):
         err = one_line_error(capsys, main(argv))
         assert "last.pt" in err
     assert not marker.exists()
@@ -208,7 +209,8 @@ class NanProbe(ZooModel):
 
 
 def nan_config(nan_from: int = 7, **train):
-    return load_config({"name": "n", "model": {"name": "nan_probe", "nan_from": nan_from}, "data": {"name": "triangle1d", "n": 400},
+    return load_config({"name": "n", "model": {"name": "nan_probe", "nan_from": nan_from},
+                        "data": {"name": "triangle1d", "n": 400},
                         "train": {"epochs": 2, "batch_size": 40, "ckpt_every": 2, "log_every": 1, "device": "cpu",
                                   "optimizer": {"name": "sgd", "lr": 0.1}, **train}})
 

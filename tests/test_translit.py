@@ -129,7 +129,9 @@ def test_beam_width_one_is_greedy():
     g = model.greedy(src, src_len)
     b = model.beam_decode(src, src_len, k=1)
     width = max(g["tokens"].shape[1], b["tokens"].shape[2])
-    pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=PAD_ID)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=PAD_ID)
     assert torch.equal(pad(g["tokens"]), pad(b["tokens"][:, 0]))
     assert torch.allclose(g["log_probs"], b["log_probs"][:, 0], atol=1e-5)
 
@@ -249,8 +251,9 @@ def test_word_evidence_lets_a_known_word_overtake_a_slightly_more_probable_one(k
 def test_sampling_is_seeded_and_cold_sampling_is_greedy():
     model = tiny()
     src, src_len = model.encode_words(WORDS)
-    draw = lambda t, seed: model.greedy(src, src_len, temperature=t,
-                                        generator=torch.Generator().manual_seed(seed))["tokens"]
+
+    def draw(t, seed):
+        return model.greedy(src, src_len, temperature=t, generator=torch.Generator().manual_seed(seed))["tokens"]
     assert torch.equal(draw(1.0, 5), draw(1.0, 5)) and not torch.equal(draw(2.0, 5), draw(2.0, 6))
     assert torch.equal(draw(1e-4, 0), model.greedy(src, src_len)["tokens"])
 
@@ -402,7 +405,7 @@ def test_word_list_holds_wordfreq_arabic_in_the_training_alphabet(tmp_path, monk
         build_data(name="arabizi", word_list="nope")
 
 
-# ---- training, checkpoints, the command line ----------------------------------------------------------------------------
+# ---- training, checkpoints, the command line -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("tl") / "run"
@@ -476,7 +479,9 @@ def test_baselines_and_edit_distances():
     assert nearest_words(["ahlen", "7abibti", "ma3"], train) == ["اهلا", "حبيبي", "معا"]
     g = torch.Generator().manual_seed(0)
     words = ["".join("abc"[i] for i in torch.randint(0, 3, (n,), generator=g)) for n in (1, 3, 4, 4, 6)]
-    codes = lambda ws: torch.tensor([[ord(c) for c in w] for w in ws])
+
+    def codes(ws):
+        return torch.tensor([[ord(c) for c in w] for w in ws])
     for a in words:
         for b in words:
             assert int(_edit_distance(codes([a]), codes([b]))[0, 0]) == levenshtein(a, b)

@@ -281,8 +281,9 @@ def test_sample_prior_choice_through_the_cli(prior_run, tmp_path, capsys):
 
 def test_prior_option_on_a_model_with_one_prior_is_one_line(mnist_root, tmp_path, capsys):
     """A GAN's sample() takes no prior: --prior must be refused in one line, not reach sample() as a TypeError."""
-    cfg = load_config("configs/gan.yaml", [f"data.root={mnist_root}", "data.limit=64", "data.val_size=16", "train.epochs=1", "train.device=cpu",
-                                           "model.g_width=8", "model.d_width=8", "train.max_steps=1"])
+    cfg = load_config("configs/gan.yaml", [f"data.root={mnist_root}", "data.limit=64", "data.val_size=16",
+                                           "train.epochs=1", "train.device=cpu", "model.g_width=8", "model.d_width=8",
+                                           "train.max_steps=1"])
     fit(cfg, tmp_path / "g")
     capsys.readouterr()
     assert cli.main(["sample", str(tmp_path / "g"), "-o", str(tmp_path / "x.png"), "--prior", "standard"]) == 2

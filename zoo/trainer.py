@@ -58,13 +58,13 @@ class Trainer:
                            f"cannot average their steps; train it with plain zoo train (one process)")
         self.optimizers, self.schedulers = build_optimizers(self.model, t)  # checks train.optimizers' groups
         self.schedule = self.model.update_schedule()  # asked once: the default walks the parameters
-        self.several = len(set(self.schedule)) > 1
+        self.several, self.skipped = len(set(self.schedule)) > 1, 0
         self._load_data()
 
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
         self.autocast = autocast(self.device, t["precision"])  # one context, entered once per step
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
-        self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.skipped, self.best = 0, 0, 0, None, 0, math.inf
+        self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.best = 0, 0, 0, None, math.inf
         self.window = StepWindow()  # no host sync inside a step; log points read together, <= 1 s later
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
