@@ -44,8 +44,8 @@ from .base import ZooModel
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
 MAX_CHUNK = 40  # longer words are transliterated in pieces this long: bounded memory for any input
-# Words decoded at once. On a 2-core CPU, 64 words (x beam 10 x 7 members) ran 1,936 words in 13.3-13.9 s, 0.93 GB
-# peak RSS against 16.4 s and 1.42 GB with 256: the beam's per-step tensors stay in cache. Same outputs.
+# Words decoded at once. On a 2-core CPU, 64 words (x beam 10 x 7 members) ran 1,936 words in 13.3-14.0 s, 0.93 GB
+# peak RSS against 15.3-16.4 s and 1.42 GB with 256: the beam's per-step tensors stay in cache. Same outputs.
 DECODE_BATCH = 64
 MAX_RERANK_WEIGHT = 100.0  # lexicon/word-list weights: beyond this the word evidence alone decides
 
