@@ -5,11 +5,13 @@ both sides of a ratio. Finer than `scripts/bench.py` for the light configs whose
     .venv/bin/python scripts/bench_pair.py configs/purifier.yaml --steps 1000 --rounds 10
     .venv/bin/python scripts/bench_pair.py configs/purifier.yaml --no-window   # zoo keeping no step terms
     .venv/bin/python scripts/bench_pair.py configs/purifier.yaml --minimal-clears-grads
+    .venv/bin/python scripts/bench_pair.py configs/translit.yaml --against train.optimizer.fused=true
 
 One intra-op thread (the light configs' steps are too small to split). ``--no-window`` drops each step's terms
 instead of keeping them for the logged means and the NaN check (nothing is logged): what that keeping costs.
 ``--minimal-clears-grads`` has the minimal loop set ``.grad = None`` itself, as zoo does, instead of calling
 ``zero_grad(set_to_none=True)`` (the same effect behind a profiler range): zoo against that stricter limit.
+``--against KEY=VALUE ...`` pairs zoo with those overrides against zoo without them (an option's speed-up).
 """
 from __future__ import annotations
 
@@ -37,13 +39,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-window", action="store_true")
     ap.add_argument("--minimal-clears-grads", action="store_true")
+    ap.add_argument("--against", nargs="+", metavar="KEY=VALUE", help="zoo with these overrides against zoo")
     a = ap.parse_args()
     if a.steps < 1 or a.rounds < 1:
         ap.error("--steps and --rounds must be at least 1")
     torch.set_num_threads(1)
     cfg = load_config(a.config, ["train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
-        zoo, minimal = ZooLoop(cfg, Path(tmp) / "run"), MinimalLoop(cfg, torch.device("cpu"))
+        if a.against:  # the variant takes zoo's place, plain zoo the minimal loop's
+            zoo = ZooLoop(load_config(a.config, ["train.device=cpu", *a.against]), Path(tmp) / "variant")
+            minimal = ZooLoop(cfg, Path(tmp) / "run")
+        else:
+            zoo, minimal = ZooLoop(cfg, Path(tmp) / "run"), MinimalLoop(cfg, torch.device("cpu"))
         if a.no_window:
             zoo.tr.window.add = lambda step, terms: None
         if a.minimal_clears_grads:
@@ -60,9 +67,12 @@ def main() -> None:
         for _ in range(a.rounds):
             before, z, after = timed(minimal), timed(zoo), timed(minimal)
             ratios.append((before + after) / 2 / z)
-        zoo.tr.runlog.close()
+        for loop in (zoo, minimal):
+            if isinstance(loop, ZooLoop):
+                loop.tr.runlog.close()
     note = (" (no step window)" if a.no_window else "") + (" (minimal clears grads)" if a.minimal_clears_grads else "")
-    print(f"{a.config}{note}: zoo/minimal per round "
+    what = f"zoo {' '.join(a.against)}/zoo" if a.against else "zoo/minimal"
+    print(f"{a.config}{note}: {what} per round "
           f"{[round(r, 3) for r in ratios]}, median {statistics.median(ratios):.3f}")
 
 

@@ -95,7 +95,8 @@ def test_resume_refuses_train_keys_that_change_the_numbers_unless_allowed(tmp_pa
     run = tmp_path / "run"
     assert main(["train", str(cfg_path), "--run-dir", str(run), "--quiet"]) == 0
     original = (run / "config.yaml").read_text()
-    for change in ("train.seed=7", "train.batch_size=50", "train.optimizer.lr=0.1", "train.precision=bf16"):
+    for change in ("train.seed=7", "train.batch_size=50", "train.optimizer.lr=0.1", "train.precision=bf16",
+                   "train.optimizer.fused=true"):
         code = main(["train", str(cfg_path), "--resume", str(run), "--quiet", change, "train.max_steps=20"])
         err = one_line_error(capsys, code)
         assert change.split("=")[0] in err and "--allow-changes" in err
@@ -109,6 +110,17 @@ def test_resume_refuses_train_keys_that_change_the_numbers_unless_allowed(tmp_pa
     changes = yaml.safe_load((run / "changes.yaml").read_text())
     assert changes[-1]["step"] == 20 and changes[-1]["changes"]["train.seed"] == [0, 7]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 7
+
+
+def test_a_run_saved_before_an_optimizer_option_existed_still_resumes(tmp_path):
+    cfg = load_config(str(ROOT / "configs" / "gan.yaml"))  # per-group optimizer sections too
+    old = json.loads(json.dumps(cfg))
+    for section in (old["train"]["optimizer"], *old["train"]["optimizers"].values()):
+        del section["fused"]  # what runs of earlier versions saved
+    assert ckpt_io.check_resumable({"config": old}, cfg, tmp_path) == []
+    cfg["train"]["optimizers"]["g"]["fused"] = True
+    with pytest.raises(ZooError, match=r"train\.optimizers\.g\.fused"):
+        ckpt_io.check_resumable({"config": old}, cfg, tmp_path)
 
 
 # ---- safe loading ----------------------------------------------------------------------------------------------

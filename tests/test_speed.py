@@ -177,6 +177,19 @@ def test_channels_last_gives_the_same_training_and_nhwc_weights(mnist_root, tmp_
         assert torch.allclose(a, b, atol=1e-5), k
 
 
+def test_fused_optimizer_steps_are_the_same_training(mnist_root, tmp_path):
+    plain = fit(lenet_config(mnist_root, max_steps=3), tmp_path / "a")
+    fused = fit(lenet_config(mnist_root, max_steps=3, optimizer={"name": "adam", "lr": 1e-3, "fused": True}),
+                tmp_path / "b")
+    assert fused.optimizers["main"].defaults["fused"] and not plain.optimizers["main"].defaults["fused"]
+    opt = fused.optimizers["main"]
+    assert all(int(opt.state[p]["step"]) == 3 for g in opt.param_groups for p in g["params"])
+    for (k, a), b in zip(plain.model.state_dict().items(), fused.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k  # one kernel, other rounding: the same updates
+    ck = ckpt_io.load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert ck["config"]["train"]["optimizer"]["fused"] is True
+
+
 def test_a_compiled_run_saves_plain_keys_that_load_into_an_uncompiled_model(tmp_path):
     cfg = load_config({"name": "c", "model": {"name": "linear_regression"},
                        "data": {"name": "synthetic_regression", "n": 256, "dim": 3},
@@ -232,7 +245,11 @@ def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
     median = float(done.stdout.rsplit("median ", 1)[1])
     assert len(rounds) == 3 and all(float(r) > 0 for r in rounds)
     assert median == pytest.approx(sorted(float(r) for r in rounds)[1], abs=1e-3)
-    for bad in (["configs/nope.yaml"], [str(ROOT / "configs" / "gan1d.yaml"), "--steps", "0"]):
+    done = subprocess.run([*cmd, "--against", "train.optimizer.fused=true"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and "zoo train.optimizer.fused=true/zoo per round [" in done.stdout, done.stderr
+    for bad in (["configs/nope.yaml"], [str(ROOT / "configs" / "gan1d.yaml"), "--steps", "0"],
+                [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fuzed=true"]):
         done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pair.py"), *bad], capture_output=True,
                               text=True, timeout=60, cwd=ROOT)
         last = done.stderr.strip().splitlines()[-1]  # argparse prints its usage above

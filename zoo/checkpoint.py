@@ -206,9 +206,14 @@ def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool,
 def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path, allow_changes: bool = False) -> list[str]:
     """A run resumes only under the model and data it was trained with, and under the same ``train`` keys
     that decide its numbers unless ``allow_changes``. Returns the changed ``train`` keys (to be recorded)."""
+    from .config import OPTIMIZER
     from .data.base import COMMON_OPTIONS
 
-    old = {**ck["config"], "data": {**COMMON_OPTIONS, **ck["config"]["data"]}}  # runs from before those options
+    # runs from before an option was added read as if they had its default
+    train = dict(ck["config"]["train"])
+    train["optimizer"] = {**OPTIMIZER, **train["optimizer"]}
+    train["optimizers"] = {g: {**OPTIMIZER, **o} for g, o in (train.get("optimizers") or {}).items()}
+    old = {**ck["config"], "data": {**COMMON_OPTIONS, **ck["config"]["data"]}, "train": train}
     for section in ("model", "data"):
         if old[section] != cfg[section]:
             diff = sorted(k for k in set(old[section]) | set(cfg[section])

@@ -55,10 +55,11 @@ def apply_update(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler, dist, g
 
 def build_optimizer(params, o: dict) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    fused = {"fused": True} if o["fused"] else {}  # else torch's default: a loop on CPU, foreach on CUDA
     if o["name"] == "sgd":
-        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], **fused)
     cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
-    return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+    return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"], **fused)
 
 
 def build_scheduler(opt, s: dict, epochs: int):
