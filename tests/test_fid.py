@@ -1,6 +1,7 @@
 """The FID-LeNet evaluator's provenance: one recipe, a hash of its weights, others refused or flagged."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -34,8 +35,12 @@ def test_recipe_id_follows_what_sets_the_weights_only():
     same = load_config("configs/lenet.yaml", ["data.root=/elsewhere", "train.log_every=7", "name=other",
                                               "train.device=cpu"])
     assert fid.recipe_id(base) == fid.recipe_id(same)
-    for change in ("train.epochs=1", "train.seed=5", "model.hidden=64", "data.limit=500", "train.optimizer.lr=0.1"):
+    for change in ("train.epochs=1", "train.seed=5", "model.hidden=64", "data.limit=500", "train.optimizer.lr=0.1",
+                   "train.optimizer.fused=true"):
         assert fid.recipe_id(load_config("configs/lenet.yaml", [change])) != fid.recipe_id(base), change
+    older = json.loads(json.dumps(base))  # an evaluator trained before train.optimizer.fused existed
+    del older["train"]["optimizer"]["fused"]
+    assert fid.recipe_id(older) == fid.recipe_id(base)
 
 
 def test_weights_hash_names_the_weights():

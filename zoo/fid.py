@@ -29,6 +29,8 @@ DEFAULT_EVALUATOR = "runs/lenet"
 RECIPE = "configs/lenet.yaml"
 RECIPE_KEYS = {"model": None, "data": ("name", "val_size", "limit"),  # what sets the weights (not paths, logs)
                "train": ("epochs", "batch_size", "optimizer", "scheduler", "seed", "precision", "grad_clip")}
+# options added after evaluators were trained: at these values they leave an evaluator's recipe id as it was
+LATER_DEFAULTS = {"train": {"optimizer": {"fused": False}}}
 N_SAMPLES = 10_000
 TRAIN_OVERRIDES: list[str] = []  # dotted overrides for the on-demand evaluator training (tests shrink it)
 
@@ -75,6 +77,10 @@ def recipe_id(cfg: dict) -> str:
     for section, keys in RECIPE_KEYS.items():
         part = cfg.get(section) or {}
         keep[section] = {k: v for k, v in part.items() if keys is None or k in keys}
+        for key, later in LATER_DEFAULTS.get(section, {}).items():
+            if isinstance(keep[section].get(key), dict):
+                keep[section][key] = {k: v for k, v in keep[section][key].items()
+                                      if not (k in later and v == later[k])}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
