@@ -43,6 +43,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.steps < 1 or a.rounds < 1:
         ap.error("--steps and --rounds must be at least 1")
+    if a.against and (a.no_window or a.minimal_clears_grads):
+        ap.error("--against pairs zoo with zoo: --no-window and --minimal-clears-grads do not apply")
     torch.set_num_threads(1)
     cfg = load_config(a.config, ["train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -249,7 +249,8 @@ def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0 and "zoo train.optimizer.fused=true/zoo per round [" in done.stdout, done.stderr
     for bad in (["configs/nope.yaml"], [str(ROOT / "configs" / "gan1d.yaml"), "--steps", "0"],
-                [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fuzed=true"]):
+                [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fuzed=true"],
+                [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fused=true", "--no-window"]):
         done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pair.py"), *bad], capture_output=True,
                               text=True, timeout=60, cwd=ROOT)
         last = done.stderr.strip().splitlines()[-1]  # argparse prints its usage above
