@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -252,8 +253,7 @@ class TranslitRNN(ZooModel):
         # the Arabic words of the training pairs (data info, so in the checkpoint): a bonus when reranking
         self.target_lexicon = frozenset(normalize_target(w) for w in target_lexicon)
         self.lexicon_weight = lexicon_weight
-        # Zipf frequency (log10 per billion words, about 1-7.5) of the words of a large Arabic word list
-        self.word_zipf = {w: float(z) for z, words in word_frequencies for w in words.split()}
+        self.word_buckets = word_frequencies  # (Zipf value, its words joined by spaces): see word_zipf
         self.word_weight = word_weight
         self.members = nn.ModuleList(Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), emb, hidden, layers, cell,
                                              attention, dropout, context_rnn) for _ in range(ensemble))
@@ -266,6 +266,12 @@ class TranslitRNN(ZooModel):
         self.channel_weight = channel_weight
         self.lm = CharLM(len(self.tgt_vocab), emb, lm_hidden) if lm_hidden else None
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))  # drives the teacher-forcing decay
+
+    @cached_property
+    def word_zipf(self) -> dict[str, float]:
+        """Zipf frequency (log10 per billion words, about 1-7.5) of the words of a large Arabic word list. Built on
+        first use: 582k words take 0.2 s, which every construction of the model (a config check, a load) paid."""
+        return {w: float(z) for z, words in self.word_buckets for w in words.split()}
 
     # ---- training -----------------------------------------------------------------------------------------------
     def teacher_forcing_ratio(self) -> float:
@@ -411,7 +417,8 @@ class TranslitRNN(ZooModel):
                        for m in self.channel]
             score = score + cw * (sum(channel) / len(channel)).view(b, kk)
         words = [self.decode_tokens(row) for row in flat] if (lex and self.target_lexicon) or ww else []
-        bonus = [lex * (w in self.target_lexicon) + ww * self.word_zipf.get(w, 0.0) for w in words]
+        zipf = self.word_zipf if ww else {}
+        bonus = [lex * (w in self.target_lexicon) + ww * zipf.get(w, 0.0) for w in words]
         if bonus:
             score = score + torch.tensor(bonus, dtype=score.dtype, device=score.device).view(b, kk)
         order = score.argsort(dim=1, descending=True, stable=True)
