@@ -248,6 +248,27 @@ def test_word_evidence_lets_a_known_word_overtake_a_slightly_more_probable_one(k
             tiny(**{key: bad})
 
 
+def test_translate_keeps_punctuation_and_passes_other_scripts_through():
+    """$ and ' are letters of Arabizi; sentence punctuation is not, even where malformed training lines put it in
+    the source vocabulary (the corpus holds ``2017-03-07 00:00:00`` and ``shater.``)."""
+    torch.manual_seed(0)
+    model = create_model("translit_rnn", {"src_vocab": [*SRC, "-", ".", ":"], "tgt_vocab": TGT},
+                         emb=8, hidden=16, dropout=0.0).eval()
+
+    def best(text):
+        return [cands[0][0] for _, cands in model.translate([text], beam=2)[0]]
+    ahlan, kifak, shukran = best("ahlan kifak $ukran")
+    assert "$" not in shukran and shukran == best("$ukran")[0] != best("ukran")[0]
+    assert best("ahlan. kifak: (ahlan) \"kifak\"?") == [ahlan + ".", kifak + ":", f"({ahlan})", f'"{kifak}"?']
+    assert best("ahlan-kifak ahlan,kifak 2024-ahlan") == [f"{ahlan}-{kifak}", f"{ahlan},{kifak}", f"2024-{ahlan}"]
+    assert best("مرحبا مرحبا123 😀 2024 !!") == ["مرحبا", "مرحبا123", "😀", "2024", "!!"]  # nothing to transliterate
+    assert best("3'ala")[0] != best("3ala")[0] and "'" not in best("3'ala")[0]
+    one, = model.translate(["ahlan."], beam=3, nbest=3)[0]
+    assert [c for c, _ in one[1]] == [c + "." for c, _ in model.translate(["ahlan"], beam=3, nbest=3)[0][0][1]]
+    for token in ("ahlan-kifak", "((3ala))", "a.b.c", "مرحبا123"):
+        assert "".join(t for t, _ in model.split_token(token)) == token
+
+
 def test_sampling_is_seeded_and_cold_sampling_is_greedy():
     model = tiny()
     src, src_len = model.encode_words(WORDS)

@@ -44,6 +44,7 @@ from ..registry import register_model
 from .base import ZooModel
 
 RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+SENTENCE_PUNCT = frozenset(".,;:!?")  # never letters of a word in translate, whatever the training sources hold
 MAX_CHUNK = 40  # longer words are transliterated in pieces this long: bounded memory for any input
 # Words decoded at once. On a 2-core CPU, 64 words (x beam 10 x 7 members) ran 1,936 words in 13.3-14.0 s, 0.93 GB
 # peak RSS against 15.3-16.4 s and 1.42 GB with 256: the beam's per-step tensors stay in cache. Same outputs.
@@ -474,11 +475,13 @@ class TranslitRNN(ZooModel):
                   cache: dict | None = None) -> list[list[tuple[str, list[tuple[str, float]]]]]:
         """Lines of text -> per line, per whitespace-separated token, (token, n-best candidates with log-probs).
 
-        Tokens made only of digits and punctuation pass through unchanged (inside a word, digits are letters:
-        3 ع, 7 ح, 2 ء). Punctuation around a word that training never saw in a word (``ahlan,``) is kept as it
-        is around the transliteration. Words longer than MAX_CHUNK characters are done in pieces (1-best).
-        ``cache``: a dict kept by the caller across calls with the same settings (a long file, block by block);
-        not used when sampling."""
+        A token is cut into words at punctuation that training never saw in a word (``ahlan,kifak`` -> ``ahlan``
+        ``,`` ``kifak``; $ and ' are letters of Arabizi), and the punctuation is kept where it was. Digits and
+        punctuation alone pass through unchanged (inside a word, digits are letters: 3 ع, 7 ح, 2 ء), and so does
+        a word with no letter of the Latin alphabet the model was trained on (Arabic script already, emoji, other
+        scripts). A token with one word gets the n-best; one with several, their best candidates joined. Words
+        longer than MAX_CHUNK characters are done in pieces (1-best). ``cache``: a dict kept by the caller across
+        calls with the same settings (a long file, block by block); not used when sampling."""
         beam = 1 if temperature > 0 else (self.beam if beam is None else beam)
         if beam < 1 or nbest < 1 or nbest > max(beam, nbest):
             raise ZooError("--beam and --nbest must be >= 1")
@@ -486,13 +489,10 @@ class TranslitRNN(ZooModel):
         for line in lines:
             row = []
             for token in line.split():
-                pre, core, post = self.split_token(token)
-                if not core:
-                    row.append((token, None))
-                    continue
-                pieces = [core[i:i + MAX_CHUNK] for i in range(0, len(core), MAX_CHUNK)]
-                row.append((token, (pre, pieces, post)))
-                words.extend(pieces)
+                parts = [(text, [text[i:i + MAX_CHUNK] for i in range(0, len(text), MAX_CHUNK)] if is_word else None)
+                         for text, is_word in self.split_token(token)]
+                row.append((token, parts))
+                words.extend(piece for _, pieces in parts if pieces for piece in pieces)
             plan.append(row)
         gen = torch.Generator().manual_seed(seed)
         if temperature > 0:
@@ -503,33 +503,40 @@ class TranslitRNN(ZooModel):
         for row in plan:
             line_out = []
             for token, parts in row:
-                if parts is None:
+                pieces = [p for _, ps in parts if ps for p in ps]
+                if not pieces:
                     line_out.append((token, [(token, 0.0)]))
-                    continue
-                pre, pieces, post = parts
-                if len(pieces) == 1:
-                    cands = found[pieces[0]]
-                else:  # a very long word: its pieces' best candidates joined
-                    cands = [("".join(found[p][0][0] for p in pieces), sum(found[p][0][1] for p in pieces))]
-                line_out.append((token, [(pre + c + post, s) for c, s in cands]))
+                elif len(pieces) == 1:  # one word: its n-best, with the punctuation around it
+                    i = next(i for i, (_, ps) in enumerate(parts) if ps)
+                    pre, post = "".join(t for t, _ in parts[:i]), "".join(t for t, _ in parts[i + 1:])
+                    line_out.append((token, [(pre + c + post, s) for c, s in found[pieces[0]]]))
+                else:  # several words, or a very long one: the best candidates joined
+                    text = "".join("".join(found[p][0][0] for p in ps) if ps else t for t, ps in parts)
+                    line_out.append((token, [(text, sum(found[p][0][1] for p in pieces))]))
             out.append(line_out)
         return out
 
-    def split_token(self, token: str) -> tuple[str, str, str]:
-        """(leading punctuation, word, trailing punctuation); the word is empty for digit/punctuation-only tokens.
-        A character counts as punctuation here only if training never saw it in a source word ($ and ' are
-        letters of Arabizi: $ ش, 3' غ)."""
+    def split_token(self, token: str) -> list[tuple[str, bool]]:
+        """The token (NFC) cut into runs of word characters and runs of punctuation: [(text, is_word)], joined
+        back they give the token. Letters and digits are word characters; so is another symbol that training saw
+        in a source word ($ ش, the ' of 3' غ), unless it is sentence punctuation (. , ; : ! ?, dashes, brackets,
+        quotes), which a few malformed training lines hold (``2017-03-07 00:00:00``, ``shater.``). A run is a
+        word only if it holds a letter the training sources hold."""
         token = unicodedata.normalize("NFC", token)
-        if not any(c.isalpha() for c in token):
-            return "", "", ""
+
         def is_punct(c):
-            return c not in self.src_index and c.lower() not in self.src_index and not c.isalnum()
-        i, j = 0, len(token)
-        while i < j and is_punct(token[i]):
-            i += 1
-        while j > i and is_punct(token[j - 1]):
-            j -= 1
-        return token[:i], token[i:j], token[j:]
+            if c.isalnum():
+                return False
+            return c in SENTENCE_PUNCT or unicodedata.category(c) in ("Pd", "Ps", "Pe", "Pi", "Pf") \
+                or c not in self.src_index
+        runs = [(c, is_punct(c)) for c in token[:1]]
+        for c in token[1:]:
+            if is_punct(c) == runs[-1][1]:
+                runs[-1] = (runs[-1][0] + c, runs[-1][1])
+            else:
+                runs.append((c, is_punct(c)))
+        return [(text, not punct and any(c.isalpha() and c.lower() in self.src_index for c in text))
+                for text, punct in runs]
 
     # ---- inspection ------------------------------------------------------------------------------------------------
     def visuals(self, batch):
