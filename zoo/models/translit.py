@@ -18,6 +18,7 @@ candidate) is added when reranking, so a candidate must also explain the Latin s
 """
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -523,20 +524,23 @@ class TranslitRNN(ZooModel):
         quotes), which a few malformed training lines hold (``2017-03-07 00:00:00``, ``shater.``). A run is a
         word only if it holds a letter the training sources hold."""
         token = unicodedata.normalize("NFC", token)
+        letters, word_chars = self._source_chars
+        if word_chars.issuperset(token):  # the common case, one plain word: no loop over its characters
+            return [(token, not letters.isdisjoint(token.lower()))]
+        runs = [("".join(chars), punct) for punct, chars in itertools.groupby(token, self._is_punct)]
+        return [(text, not punct and not letters.isdisjoint(text.lower())) for text, punct in runs]
 
-        def is_punct(c):
-            if c.isalnum():
-                return False
-            return c in SENTENCE_PUNCT or unicodedata.category(c) in ("Pd", "Ps", "Pe", "Pi", "Pf") \
-                or c not in self.src_index
-        runs = [(c, is_punct(c)) for c in token[:1]]
-        for c in token[1:]:
-            if is_punct(c) == runs[-1][1]:
-                runs[-1] = (runs[-1][0] + c, runs[-1][1])
-            else:
-                runs.append((c, is_punct(c)))
-        return [(text, not punct and any(c.isalpha() and c.lower() in self.src_index for c in text))
-                for text, punct in runs]
+    @cached_property
+    def _source_chars(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(the letters of the training sources, every character of them that is no punctuation here)."""
+        chars = [c for c in self.src_vocab if len(c) == 1]
+        return frozenset(c for c in chars if c.isalpha()), frozenset(c for c in chars if not self._is_punct(c))
+
+    def _is_punct(self, c: str) -> bool:
+        if c.isalnum():
+            return False
+        return c in SENTENCE_PUNCT or unicodedata.category(c) in ("Pd", "Ps", "Pe", "Pi", "Pf") \
+            or c not in self.src_index
 
     # ---- inspection ------------------------------------------------------------------------------------------------
     def visuals(self, batch):
