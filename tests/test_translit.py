@@ -263,9 +263,12 @@ def test_translate_keeps_punctuation_and_passes_other_scripts_through():
     assert best("ahlan-kifak ahlan,kifak 2024-ahlan") == [f"{ahlan}-{kifak}", f"{ahlan},{kifak}", f"2024-{ahlan}"]
     assert best("مرحبا مرحبا123 😀 2024 !!") == ["مرحبا", "مرحبا123", "😀", "2024", "!!"]  # nothing to transliterate
     assert best("3'ala")[0] != best("3ala")[0] and "'" not in best("3'ala")[0]
+    assert best("'ahlan' ahlan'. '$ukran'") == [f"'{ahlan}'", f"{ahlan}'.", f"'{shukran}'"]  # quotes, not 3' 9' 6'
+    gh = best("bal3'")[0]  # the ' after 3 is a letter (3' غ): transliterated, not kept
+    assert "'" not in gh and gh != best("bal3")[0] and best("'bal3''")[0] == f"'{gh}'"
     one, = model.translate(["ahlan."], beam=3, nbest=3)[0]
     assert [c for c, _ in one[1]] == [c + "." for c, _ in model.translate(["ahlan"], beam=3, nbest=3)[0][0][1]]
-    for token in ("ahlan-kifak", "((3ala))", "a.b.c", "مرحبا123"):
+    for token in ("ahlan-kifak", "((3ala))", "a.b.c", "مرحبا123", "'9'ba7'", "''", "3''"):
         assert "".join(t for t, _ in model.split_token(token)) == token
 
 

@@ -521,14 +521,19 @@ class TranslitRNN(ZooModel):
         """The token (NFC) cut into runs of word characters and runs of punctuation: [(text, is_word)], joined
         back they give the token. Letters and digits are word characters; so is another symbol that training saw
         in a source word ($ ش, the ' of 3' غ), unless it is sentence punctuation (. , ; : ! ?, dashes, brackets,
-        quotes), which a few malformed training lines hold (``2017-03-07 00:00:00``, ``shater.``). A run is a
-        word only if it holds a letter the training sources hold."""
+        quotes), which a few malformed training lines hold (``2017-03-07 00:00:00``, ``shater.``). A mark such as
+        ' opens no word and closes one only after a digit (3' 9' 6'), so ``'ahlan'`` is a quoted word. A run is
+        a word only if it holds a letter the training sources hold."""
         token = unicodedata.normalize("NFC", token)
         letters, word_chars = self._source_chars
         if word_chars.issuperset(token):  # the common case, one plain word: no loop over its characters
-            return [(token, not letters.isdisjoint(token.lower()))]
-        runs = [("".join(chars), punct) for punct, chars in itertools.groupby(token, self._is_punct)]
-        return [(text, not punct and not letters.isdisjoint(text.lower())) for text, punct in runs]
+            runs = [(token, False)]
+        else:
+            runs = [("".join(chars), punct) for punct, chars in itertools.groupby(token, self._is_punct)]
+        out = []
+        for text, punct in runs:
+            out += [(text, False)] if punct else _quotes_off(text)
+        return [(text, word and not letters.isdisjoint(text.lower())) for text, word in out]
 
     @cached_property
     def _source_chars(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -609,6 +614,26 @@ class TranslitRNN(ZooModel):
 
 
 SPECIALS_SET = (PAD_ID, UNK_ID, SOS_ID, EOS_ID)
+
+
+def _is_mark(c: str) -> bool:
+    """An apostrophe-like mark (other punctuation, not sentence punctuation): a letter of Arabizi after a digit."""
+    return unicodedata.category(c) == "Po" and c not in SENTENCE_PUNCT
+
+
+def _quotes_off(text: str) -> list[tuple[str, bool]]:
+    """[(text, is_word)]: the marks that open a word, or close it after anything but a digit, are quotes."""
+    if not (_is_mark(text[0]) or _is_mark(text[-1])):
+        return [(text, True)]
+    i, j = 0, len(text)
+    while i < j and _is_mark(text[i]):
+        i += 1
+    k = j
+    while k > i and _is_mark(text[k - 1]):
+        k -= 1
+    if k < j:
+        j = k + 1 if text[k - 1].isdigit() else k
+    return [(t, word) for t, word in ((text[:i], False), (text[i:j], True), (text[j:], False)) if t]
 
 
 def same_words(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
