@@ -32,7 +32,7 @@ class _Generator:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a gan run dir")
+    p.add_argument("run", help="a gan run dir, or one of its checkpoints (.pt)")
     p.add_argument("--evaluator", default=None, help="lenet run dir (default runs/lenet, trained if missing)")
     p.add_argument("--out", default="runs/gan_ema_check.json")
     args = p.parse_args()
