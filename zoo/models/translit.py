@@ -476,8 +476,8 @@ class TranslitRNN(ZooModel):
                   cache: dict | None = None) -> list[list[tuple[str, list[tuple[str, float]]]]]:
         """Lines of text -> per line, per whitespace-separated token, (token, n-best candidates with log-probs).
 
-        A token is cut into words at punctuation that training never saw in a word (``ahlan,kifak`` -> ``ahlan``
-        ``,`` ``kifak``; $ and ' are letters of Arabizi), and the punctuation is kept where it was. Digits and
+        A token is cut into words at punctuation (``ahlan,kifak`` -> ``ahlan`` ``,`` ``kifak``; $ and the ' of 3'
+        are letters of Arabizi: see split_token), and the punctuation is kept where it was. Digits and
         punctuation alone pass through unchanged (inside a word, digits are letters: 3 ع, 7 ح, 2 ء), and so does
         a word with no letter of the Latin alphabet the model was trained on (Arabic script already, emoji, other
         scripts). A token with one word gets the n-best; one with several, their best candidates joined. Words
