@@ -4,14 +4,16 @@ skipped: a missing corpus is a failure)."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
+import random
 import sys
 
 import pytest
 import torch
 
-from zoo.beam import beam_search
+from zoo.beam import beam_search, best_combinations
 from zoo.checkpoint import load_run
 from zoo.cli import main
 from zoo.config import load_config
@@ -149,6 +151,20 @@ def test_beam_n_best_lists_are_sorted_and_distinct():
         assert len({tuple(r.tolist()) for r in rows}) == 4
 
 
+def test_line_n_best_is_the_best_of_every_combination_of_word_candidates():
+    rng = random.Random(0)
+    for n in (1, 3, 5):
+        slots = [[(f"{i}{c}", rng.uniform(-9, 0)) for c in "abcd"[:rng.randint(1, 4)]] for i in range(4)]
+        slots = [sorted(slot, key=lambda c: -c[1]) for slot in slots]
+        every = sorted(((" ".join(t for t, _ in way), sum(s for _, s in way)) for way in itertools.product(*slots)),
+                       key=lambda w: -w[1])
+        got = best_combinations(slots, n, " ")
+        assert [t for t, _ in got] == [t for t, _ in every[:n]]
+        assert [s for _, s in got] == pytest.approx([s for _, s in every[:n]])
+    assert best_combinations([], 3) == [("", 0.0)]  # a blank line
+    assert best_combinations([[("x", -1.0)]] * 100_000, 1) == [("x" * 100_000, -100_000.0)]  # no deep recursion
+
+
 def test_ensemble_averages_log_probabilities_and_the_lm_rescores_the_beam():
     model = tiny(ensemble=2, lm_hidden=8, lm_weight=0.5)
     src, src_len = model.encode_words(WORDS)
@@ -268,6 +284,10 @@ def test_translate_keeps_punctuation_and_passes_other_scripts_through():
     assert "'" not in gh and gh != best("bal3")[0] and best("'bal3''")[0] == f"'{gh}'"
     one, = model.translate(["ahlan."], beam=3, nbest=3)[0]
     assert [c for c, _ in one[1]] == [c + "." for c, _ in model.translate(["ahlan"], beam=3, nbest=3)[0][0][1]]
+    (_, pair), = model.translate(["ahlan,kifak"], beam=3, nbest=3)[0]  # two words in a token: combined n-best
+    (_, a), (_, k) = model.translate(["ahlan kifak"], beam=3, nbest=3)[0]
+    assert pair[0] == (f"{a[0][0]},{k[0][0]}", pytest.approx(a[0][1] + k[0][1])) and len(pair) == 3
+    assert pair[1][1] == pytest.approx(max(a[0][1] + k[1][1], a[1][1] + k[0][1]))
     for token in ("ahlan-kifak", "((3ala))", "a.b.c", "مرحبا123", "'9'ba7'", "''", "3''"):
         assert "".join(t for t, _ in model.split_token(token)) == token
 
@@ -475,11 +495,24 @@ def test_checkpoint_round_trip_translates_identically(trained):
 def test_translit_command_keeps_lines_aligned(trained, monkeypatch, capsys):
     _, run = trained
     text = "ahlan 3alaykom\n\n2024 !!\n7abibi, ok?\n" + "x" * 300 + "\nwé ÿ\n"
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
-    assert main(["translit", str(run)]) == 0
-    out = capsys.readouterr().out.split("\n")[:-1]
+
+    def lines_out(*args):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
+        assert main(["translit", str(run), *args]) == 0
+        return capsys.readouterr().out.split("\n")[:-1]
+    out = lines_out()
     assert len(out) == 6 and out[1] == "" and out[2] == "2024 !!"
     assert out[0].count(" ") == 1 and out[3].split(" ")[0].endswith(",") and out[3].endswith("?")
+    # --nbest: still one line per input line, the line's candidates best first, the 1-best output leading them
+    best, nbest = lines_out("--beam", "3"), lines_out("--beam", "3", "--nbest", "3")
+    assert len(nbest) == 6 and nbest[1] == "" and nbest[2] == "2024 !!\t2024 !! (0.000)"
+    assert len(nbest[0].split("\t")) == 4  # two words of 3 candidates each: the 3 best of the 9 pairs
+    for line, top, source in zip(nbest, best, text.split("\n")):
+        if source:
+            fields = line.split("\t")
+            scores = [float(f.rsplit(" (", 1)[1][:-1]) for f in fields[1:]]
+            assert fields[0] == source and fields[1].rsplit(" (", 1)[0] == top
+            assert scores == sorted(scores, reverse=True) and len(set(fields[1:])) == len(fields) - 1
     assert main(["translit", str(run), "ahlan", "--beam", "3", "--nbest", "3"]) == 0
     line = capsys.readouterr().out.strip().split("\t")
     assert line[0] == "ahlan" and len(line) == 4 and all(c.endswith(")") for c in line[1:])

@@ -7,10 +7,11 @@ completed. So each item gets exactly ``k`` completed hypotheses (at ``max_len`` 
 the n-best list. Width 1 is greedy decoding.
 
 Everything is a tensor over items: no Python loop over the words of a batch, only over time steps.
+``best_combinations`` joins the n-best lists of independent words into the n-best of their sentence.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -103,3 +104,24 @@ def _device(state: Any) -> torch.device:
         if isinstance(s, (tuple, list)):
             stack.extend(s)
     return torch.device("cpu")
+
+
+def best_combinations(slots: Sequence[Sequence[tuple[str, float]]], n: int, sep: str = "") -> list[tuple[str, float]]:
+    """The ``n`` best ways to take one candidate from each slot, texts joined by ``sep`` and scores summed, best
+    first: the n-best of a sentence from its words' n-best lists (the words scored independently). Exact: the n
+    best of a product come from the n best of its first slots. Ties keep the slots' order. Each kept way points
+    back to its prefix, so a line of 100k words costs O(words x n^2), not a copy of every prefix."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    kept: list[tuple[float, Any]] = [(0.0, None)]  # (score, (prefix, text)) as a linked list
+    for slot in slots:
+        ways = [(score + s, (back, text)) for score, back in kept for text, s in slot[:n]]
+        kept = sorted(ways, key=lambda w: -w[0])[:n]  # stable: ties stay in prefix-then-slot order
+    out = []
+    for score, back in kept:
+        texts = []
+        while back is not None:
+            back, text = back
+            texts.append(text)
+        out.append((sep.join(reversed(texts)), score))
+    return out

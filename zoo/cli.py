@@ -254,7 +254,7 @@ def translit(
     text: Optional[str] = typer.Argument(None, help="text to convert; without it, stdin is read and one line is "
                                                     "printed per input line"),
     beam: Optional[int] = typer.Option(None, "--beam", "-k", min=1, help="beam width (default: the run's config)"),
-    nbest: int = typer.Option(1, "--nbest", "-n", min=1, help="candidates per word, printed with log-probabilities"),
+    nbest: int = typer.Option(1, "--nbest", "-n", min=1, help="the N best candidates of each line, with scores"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="> 0: sample instead of search"),
     seed: int = typer.Option(0, "--seed", help="seed of sampling"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
@@ -265,6 +265,7 @@ def translit(
     """Transliterate text with a model that can translate, word by word (digits/punctuation pass through)."""
     import itertools
 
+    from .beam import best_combinations
     from .checkpoint import load_run
     from .runtime import pick_device
 
@@ -295,9 +296,11 @@ def translit(
                                    batch_size=batch_size, progress=progress, cache=cache):
             if nbest == 1:
                 print(" ".join(cands[0][0] for _, cands in row))
+            elif row:  # the line's n best: its words' candidates combined, one output line per input line
+                best = best_combinations([cands for _, cands in row], nbest, " ")
+                print(" ".join(token for token, _ in row) + "\t" + "\t".join(f"{c} ({s:.3f})" for c, s in best))
             else:
-                for token, cands in row:
-                    print(token + "\t" + "\t".join(f"{c} ({s:.3f})" for c, s in cands))
+                print()
         sys.stdout.flush()
         done += len(chunk)
         if done % (10 * block) == 0:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..beam import beam_search
+from ..beam import beam_search, best_combinations
 from ..data.arabizi import (
     EOS_ID,
     PAD_ID,
@@ -480,11 +480,11 @@ class TranslitRNN(ZooModel):
         are letters of Arabizi: see split_token), and the punctuation is kept where it was. Digits and
         punctuation alone pass through unchanged (inside a word, digits are letters: 3 ع, 7 ح, 2 ء), and so does
         a word with no letter of the Latin alphabet the model was trained on (Arabic script already, emoji, other
-        scripts). A token with one word gets the n-best; one with several, their best candidates joined. Words
-        longer than MAX_CHUNK characters are done in pieces (1-best). ``cache``: a dict kept by the caller across
-        calls with the same settings (a long file, block by block); not used when sampling."""
+        scripts). A token of several words gets the n best combinations of their candidates (scores summed), and so
+        does a word longer than MAX_CHUNK characters, decoded in pieces. ``cache``: a dict kept by the caller
+        across calls with the same settings (a long file, block by block); not used when sampling."""
         beam = 1 if temperature > 0 else (self.beam if beam is None else beam)
-        if beam < 1 or nbest < 1 or nbest > max(beam, nbest):
+        if beam < 1 or nbest < 1:
             raise ZooError("--beam and --nbest must be >= 1")
         plan, words = [], []
         for line in lines:
@@ -503,17 +503,9 @@ class TranslitRNN(ZooModel):
         out = []
         for row in plan:
             line_out = []
-            for token, parts in row:
-                pieces = [p for _, ps in parts if ps for p in ps]
-                if not pieces:
-                    line_out.append((token, [(token, 0.0)]))
-                elif len(pieces) == 1:  # one word: its n-best, with the punctuation around it
-                    i = next(i for i, (_, ps) in enumerate(parts) if ps)
-                    pre, post = "".join(t for t, _ in parts[:i]), "".join(t for t, _ in parts[i + 1:])
-                    line_out.append((token, [(pre + c + post, s) for c, s in found[pieces[0]]]))
-                else:  # several words, or a very long one: the best candidates joined
-                    text = "".join("".join(found[p][0][0] for p in ps) if ps else t for t, ps in parts)
-                    line_out.append((token, [(text, sum(found[p][0][1] for p in pieces))]))
+            for token, parts in row:  # punctuation is a slot of one candidate; a long word, a slot per piece
+                slots = [[(t, 0.0)] if ps is None else found[p] for t, ps in parts for p in (ps or [None])]
+                line_out.append((token, best_combinations(slots, nbest)))
             out.append(line_out)
         return out
 
