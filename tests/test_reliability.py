@@ -334,6 +334,9 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["eval", str(run), "--checkpoint", "middle"], "--checkpoint"),
         (["eval", str(run), "--data", str(tmp / "good.png")], "--data"),  # this model reads no files
         (["reconstruct", str(tmp / "missing")], "not found"),
+        (["sample", str(run), "--device", "tpu", "-o", str(tmp / "s.png")], "--device"),
+        (["eval", str(run), "--device", "mps"], "--device"),  # torch knows it; this build has no MPS
+        (["reconstruct", str(run), "--device", "cuda:x", "-o", str(tmp / "o.png")], "--device"),
         (["export", str(run), "-o", str(tmp / "w.bin")], "safetensors"),
         (["compress", str(tmp / "truncated.png"), "-o", str(tmp / "o.png")], "not an image"),
         (["compress", str(tmp / "bomb.png"), "-o", str(tmp / "o.png")], "pixels"),
@@ -387,10 +390,14 @@ def translit_run(tmp_path_factory):
 def test_translit_answers_one_line_per_input_line_whatever_the_input(translit_run, label, text, monkeypatch, capsys):
     import io
 
+    lines_in = text.split("\n")[:-1] if text.endswith("\n") else ([text] if text else [])
+    if len(text) < 1000:  # --nbest keeps the lines aligned too
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8"))
+        assert main(["translit", str(translit_run), "--beam", "2", "--nbest", "2"]) == 0, label
+        assert len(capsys.readouterr().out.split("\n")[:-1]) == len(lines_in), label
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8"))
     assert main(["translit", str(translit_run)]) == 0, label
     captured = capsys.readouterr()
-    lines_in = text.split("\n")[:-1] if text.endswith("\n") else ([text] if text else [])
     lines_out = captured.out.split("\n")[:-1]
     assert len(lines_out) == len(lines_in), label
     for given, got in zip(lines_in, lines_out):
@@ -401,7 +408,7 @@ def test_translit_answers_one_line_per_input_line_whatever_the_input(translit_ru
 
 def test_translit_refuses_contradictory_options_in_one_line(translit_run, capsys):
     for argv, needle in ((["--temperature", "0.5", "--beam", "3"], "--temperature"), (["--nbest", "0"], "--nbest"),
-                         (["--checkpoint", "middle"], "--checkpoint")):
+                         (["--checkpoint", "middle"], "--checkpoint"), (["--device", "tpu"], "--device")):
         err = one_line_error(capsys, main(["translit", str(translit_run), "ahlan", *argv]))
         assert needle in err, (argv, err)
     err = one_line_error(capsys, main(["eval", str(translit_run), "--data", "/no/such/pairs.tsv"]))

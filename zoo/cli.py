@@ -115,7 +115,7 @@ def sample(
     prior: Optional[str] = typer.Option(None, "--prior", help="latent prior for models with several "
                                         "(e.g. standard|fitted); default: the model's own"),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N"),
 ):
     """Generate images from a trained generative model's checkpoint alone."""
     import torch
@@ -124,7 +124,7 @@ def sample(
     from .runtime import pick_device
     from .visuals import save_png
 
-    model, cfg, _ = load_run(run, pick_device(device))
+    model, cfg, _ = load_run(run, pick_device(device, what="--device"))
     require(model, "sample", cfg)
     _png(out)
     extra = {"prior": _prior(model, prior, cfg)} if prior else {}
@@ -150,7 +150,7 @@ def reconstruct(
     n: int = typer.Option(32, "-n", min=1, max=1000, help="number of test items"),
     out: Path = typer.Option(Path("reconstructions.png"), "-o", "--out", help="PNG to write"),
     seed: int = typer.Option(0, "--seed", help="seed of the data's transform noise"),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N"),
 ):
     """Reconstruct test items: originals in the top half of the grid, reconstructions below."""
     import torch
@@ -160,7 +160,7 @@ def reconstruct(
     from .runtime import pick_device
     from .visuals import save_png
 
-    model, cfg, _ = load_run(run, pick_device(device))
+    model, cfg, _ = load_run(run, pick_device(device, what="--device"))
     require(model, "reconstruct", cfg)
     _png(out)
     data = create_data(**cfg["data"])
@@ -176,7 +176,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
     seed: int = typer.Option(0, "--seed", help="seed of the evaluation noise and samples"),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N"),
     evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="evaluator run dir for FID-LeNet"),
     data_path: Optional[Path] = typer.Option(None, "--data", help="evaluate on this file instead of the run's "
                                              "held-out split (models that read one, e.g. word pairs)"),
@@ -197,7 +197,7 @@ def evaluate(
     from .runtime import pick_device, seed_everything
 
     _which(checkpoint)
-    dev = pick_device(device)
+    dev = pick_device(device, what="--device")
     model, cfg, ck = load_run(run, dev, which=checkpoint)
     if data_path is not None and not model.evaluates_files:
         raise ZooError(f"--data: model '{cfg['model']['name']}' evaluates on its own data split, not on a file; "
@@ -260,7 +260,7 @@ def translit(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                             help="words decoded at once (default: the model's)"),
-    device: str = typer.Option("cpu", "--device", help="auto|cpu|cuda"),
+    device: str = typer.Option("cpu", "--device", help="auto|cpu|cuda|cuda:N"),
 ):
     """Transliterate text with a model that can translate, word by word (digits/punctuation pass through)."""
     import itertools
@@ -272,7 +272,7 @@ def translit(
     _which(checkpoint)
     if temperature > 0 and ((beam or 1) > 1 or nbest > 1):
         raise ZooError("--temperature draws one candidate per word; drop --beam/--nbest to sample")
-    model, cfg, _ = load_run(run, pick_device(device), which=checkpoint)
+    model, cfg, _ = load_run(run, pick_device(device, what="--device"), which=checkpoint)
     require(model, "translate", cfg)
     if beam is not None and nbest > beam:
         raise ZooError(f"--nbest {nbest} needs a beam at least as wide: add --beam {nbest}")

@@ -5,6 +5,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -15,12 +16,21 @@ import torch
 from .errors import ConfigError, ZooError
 
 
-def pick_device(name: str, precision: str = "fp32") -> torch.device:
+def pick_device(name: str, precision: str = "fp32", what: str = "train.device") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> a device this machine has; else a one-line error naming
+    ``what`` (the config key, or the CLI's ``--device``)."""
+    fix = f"{what}=auto or cpu" if what.startswith("train.") else f"{what} auto or cpu"
+    index = re.fullmatch(r"cuda(?::(\d+))?", name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise ZooError("train.device is 'cuda' but no CUDA device is available; use train.device=auto or cpu")
-    if precision == "fp16" and name != "cuda":
+    elif name != "cpu" and index is None:
+        raise ZooError(f"{what} '{name}' is not a device this tool runs on: use auto, cpu, cuda or cuda:N")
+    elif index is not None and not torch.cuda.is_available():
+        raise ZooError(f"{what} is '{name}' but no CUDA device is available; use {fix}")
+    elif index is not None and index.group(1) and int(index.group(1)) >= torch.cuda.device_count():
+        raise ZooError(f"{what} '{name}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                       "numbered from 0")
+    if precision == "fp16" and not name.startswith("cuda"):
         raise ConfigError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
     return torch.device(name)
 
