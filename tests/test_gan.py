@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from zoo import fid, visuals
+from zoo.checkpoint import load_run
 from zoo.cli import main
 from zoo.config import load_config
 from zoo.data import create_data
@@ -222,6 +223,12 @@ def test_gan_resume_mid_epoch_is_exact(mnist_root, tmp_path):
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert k == "_extra_state" or torch.equal(a, b), k
     assert resumed.model.d_updates == full.model.d_updates == full.metrics["step"]
+    out = tmp_path / "gan.safetensors"  # the export keeps the extra state (not a tensor) as JSON metadata
+    assert main(["export", str(tmp_path / "a"), "-o", str(out)]) == 0
+    (shared, _, _), (saved, _, _) = load_run(out), load_run(tmp_path / "a")
+    assert (shared.d_updates, shared.last_r1) == (saved.d_updates, saved.last_r1) and shared.d_updates > 0
+    for (k, a), b in zip(saved.state_dict().items(), shared.state_dict().values()):
+        assert k == "_extra_state" or torch.equal(a, b), k
 
 
 # ---- sampling ---------------------------------------------------------------------------------------------------

@@ -189,6 +189,9 @@ def test_foreign_and_future_checkpoints_are_one_line_errors(tmp_path, capsys):
         "unknown model": ({**ck, "model_name": "vae_from_elsewhere"}, "unknown model"),
         "other weights": ({**ck, "model": {"w": torch.zeros(3)}}, "does not match"),
         "newer format": ({**ck, "format": 99}, "upgrade zoo"),
+        "format not a number": ({**ck, "format": "x"}, "its format"),
+        "no weights": ({k: v for k, v in ck.items() if k != "model"}, "its model"),
+        "config without a model": ({**ck, "config": {"train": {}}}, "its config"),
     }
     for name, (payload, needle) in cases.items():
         path = tmp_path / f"{name.replace(' ', '_')}.pt"
@@ -198,6 +201,17 @@ def test_foreign_and_future_checkpoints_are_one_line_errors(tmp_path, capsys):
     assert "not a readable" in one_line_error(capsys, main(["eval", str(tmp_path / "notes.pt")]))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     assert "not a zoo checkpoint" in one_line_error(capsys, main(["eval", str(tmp_path / "plain.pt")]))
+    from safetensors.torch import save_file
+
+    meta = {"model_name": "gaussian_ae", "config": "{not json", "epoch": "1"}
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "bad.safetensors"), metadata=meta)
+    assert "malformed" in one_line_error(capsys, main(["eval", str(tmp_path / "bad.safetensors")]))
+    assert "is a file" in one_line_error(capsys, main(["eval", str(run / "checkpoints" / "last.pt"),
+                                                       "--checkpoint", "best"]))
+    taken = tmp_path / "taken.safetensors"
+    taken.mkdir()  # the output path is a directory
+    assert "cannot write" in one_line_error(capsys, main(["export", str(run), "-o", str(taken)]))
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == []
 
 
 # ---- non-finite losses ------------------------------------------------------------------------------------------

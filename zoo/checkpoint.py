@@ -7,6 +7,7 @@ digest of its contents. A run keeps its last ``train.keep_last`` checkpoints as 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -155,6 +156,7 @@ def load(path: Path) -> dict[str, Any]:
                        "re-train or pick another file") from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "config" not in ckpt:
         raise ZooError(f"'{path}' is a torch file but not a zoo checkpoint (no model_name/config)")
+    _check_parts(ckpt, path)
     if ckpt.get("format", FORMAT) > FORMAT:
         raise ZooError(f"'{path}' was written by zoo {ckpt.get('zoo_version')} in checkpoint format "
                        f"{ckpt['format']}; this zoo {__version__} reads format {FORMAT}: upgrade zoo")
@@ -163,6 +165,21 @@ def load(path: Path) -> dict[str, Any]:
         if digest(ckpt) != stored:
             raise ZooError(f"'{path}' is corrupt: its contents do not match the digest written with it")
     return ckpt
+
+
+def _check_parts(ckpt: dict[str, Any], path: Path) -> None:
+    """The parts every reader of a checkpoint relies on have their types: a tampered file is one line."""
+    problems = [what for what, ok in (
+        ("format", isinstance(ckpt.get("format", FORMAT), int)),
+        ("model_name", isinstance(ckpt["model_name"], str)),
+        ("config", isinstance(ckpt["config"], dict) and isinstance(ckpt["config"].get("model"), dict)),
+        ("model", isinstance(ckpt.get("model"), dict)),
+        ("data_info", isinstance(ckpt.get("data_info") or {}, dict)),
+        ("epoch/step", all(isinstance(ckpt.get(k, 0), int) for k in ("epoch", "step"))),
+    ) if not ok]
+    if problems:
+        raise ZooError(f"'{path}' is not a valid zoo checkpoint: its {problems[0]} is missing or malformed; "
+                       "re-train or pick another file")
 
 
 def load_for_resume(run_dir: Path, log=print) -> tuple[dict[str, Any], Path]:
@@ -258,6 +275,9 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
     """A run dir, a run name under runs/, or a .pt file -> the checkpoint path."""
     p = Path(run)
     if p.suffix in (".pt", ".safetensors") or p.is_file():
+        if which != "last":  # a file is one checkpoint: asking for another must not pass unnoticed
+            raise ZooError(f"--checkpoint {which} picks a checkpoint of a run dir, but '{run}' is a file; "
+                           "pass the run dir, or the file you want without --checkpoint")
         return p
     for d in (p, Path("runs") / p):
         if (d / "checkpoints").is_dir():
@@ -290,18 +310,27 @@ def load_run(run: str | Path, device: str | torch.device | None = None, which: s
 # ---- sharing: safetensors ------------------------------------------------------------------------------------
 def export_safetensors(ckpt: dict[str, Any], path: Path) -> None:
     """The model weights of a checkpoint as safetensors, with the registry name, config and data info as
-    metadata: a file anyone can load without pickle, and that ``zoo sample``/``zoo eval`` accept."""
+    metadata: a file anyone can load without pickle, and that ``zoo sample``/``zoo eval`` accept. A module's
+    extra state (not a tensor: the GAN's update counters) travels as JSON metadata."""
     from safetensors.torch import save_file
 
+    tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
+    extra = {k: v for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)}
     meta = {"zoo_format": str(FORMAT), "zoo_version": __version__, "model_name": ckpt["model_name"],
             "config": json.dumps(ckpt["config"]), "data_info": json.dumps(ckpt.get("data_info") or {}),
-            "epoch": str(ckpt.get("epoch", 0)), "step": str(ckpt.get("step", 0))}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
+            "epoch": str(ckpt.get("epoch", 0)), "step": str(ckpt.get("step", 0)), "extra_state": json.dumps(extra)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # a file to share (the temporary file's default is private)
+        os.replace(tmp, path)
+    except Exception as e:  # OSError, or safetensors' own error for an unwritable place
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ZooError(f"cannot write '{path}' ({str(e).splitlines()[0][:120]}); pick a writable file path") \
+            from None
 
 
 def load_safetensors(path: Path) -> dict[str, Any]:
@@ -316,7 +345,13 @@ def load_safetensors(path: Path) -> dict[str, Any]:
         raise ZooError(f"'{path}' is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
     if "model_name" not in meta or "config" not in meta:
         raise ZooError(f"'{path}' is a safetensors file but not one exported by zoo (no model_name/config metadata)")
-    return {"model_name": meta["model_name"], "config": json.loads(meta["config"]),
-            "data_info": json.loads(meta.get("data_info", "{}")), "model": weights,
-            "epoch": int(meta.get("epoch", 0)), "step": int(meta.get("step", 0)),
-            "zoo_version": meta.get("zoo_version")}
+    try:
+        ckpt = {"model_name": meta["model_name"], "config": json.loads(meta["config"]),
+                "data_info": json.loads(meta.get("data_info", "{}")),
+                "model": {**weights, **json.loads(meta.get("extra_state", "{}"))},
+                "epoch": int(meta.get("epoch", 0)), "step": int(meta.get("step", 0)),
+                "zoo_version": meta.get("zoo_version")}
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ZooError(f"'{path}' has malformed zoo metadata ({str(e)[:120]}); export it again") from None
+    _check_parts(ckpt, path)
+    return ckpt

@@ -321,6 +321,8 @@ def export(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
 ):
     """Write a run's weights for sharing: no pickle, loadable anywhere; zoo sample/eval accept the file."""
+    import torch
+
     from .checkpoint import export_safetensors, find_checkpoint, load
 
     if fmt != "safetensors":
@@ -330,7 +332,8 @@ def export(
     _which(checkpoint)
     ck = load(find_checkpoint(run, checkpoint))
     export_safetensors(ck, out)
-    print(f"wrote {out}: {len(ck['model'])} tensors of model '{ck['model_name']}' with its config")
+    tensors = sum(isinstance(v, torch.Tensor) for v in ck["model"].values())
+    print(f"wrote {out}: {tensors} tensors of model '{ck['model_name']}' with its config")
 
 
 @app.command("list")
