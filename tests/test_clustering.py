@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -503,3 +504,17 @@ def test_compress_command(tmp_path, capsys):
     assert "12" in printed and "mse" in printed.lower() and (tmp_path / "o.png").exists()
     assert main(["compress", str(tmp_path / "missing.png"), "-k", "4", "-o", str(tmp_path / "o.png")]) == 2
     assert main(["compress", str(src), "-k", "1", "-o", str(tmp_path / "o.png")]) == 2
+
+
+def test_compress_images_of_few_colours_and_of_16_bits(tmp_path):
+    from PIL import Image
+
+    two = tmp_path / "two.png"  # 2 distinct colours, k 4: k-means++ runs out of distinct points
+    save_rgb(torch.tensor([[0, 0, 0], [255, 255, 255]], dtype=torch.uint8).repeat(8, 1).reshape(4, 4, 3), two)
+    for method in ("net", "lloyd"):
+        r = compress_file(two, 4, tmp_path / "o.png", method)
+        assert r["mse"] == 0 and r["colours_used"] == 2, method
+    deep = (np.arange(64 * 64, dtype=np.uint16) * 16).reshape(64, 64)  # 16-bit grey: 0 .. 65520
+    Image.fromarray(deep).save(tmp_path / "g16.png")
+    grey = load_rgb(tmp_path / "g16.png")[..., 0].numpy().astype(float)
+    assert np.abs(grey - deep / 257).max() <= 0.5  # scaled to 8 bits, not clipped at 255

@@ -36,6 +36,13 @@ BAD = [
     (["train.optimizer.betas=[0.9]"], "train.optimizer.betas"),
     (["train.epochs"], "key.sub=value"),
     (["data.limit=-5"], "data.limit"),
+    (["train.epochs=null"], "'train.epochs' must be an integer, got null"),
+    (["train.epochs="], "'train.epochs' must be an integer, got null"),
+    (["train.optimizer.betas=null"], "train.optimizer.betas"),
+    (["train.best_metric=null"], "train.best_metric"),
+    (["model.latent_dim=null"], "'model.latent_dim' must be an integer, got null"),
+    (["train.grad_clip=-1"], "train.grad_clip"),  # would flip every gradient
+    (["data=[1]"], "'data' must be a mapping"),
 ]
 
 
@@ -47,6 +54,17 @@ def test_config_errors_name_the_key(overrides, needle, tmp_path, monkeypatch):
         cfg = load_config("configs/vae.yaml", overrides)
         from zoo.trainer import Trainer  # values only a constructor can check surface here, still before data
         Trainer(cfg, tmp_path / "run", quiet=True)
+
+
+def test_nullable_keys_accept_null_and_groups_type_check_against_the_schema():
+    cfg = load_config("configs/vae.yaml", ["train.max_steps=null", "train.grad_clip=0", "data.limit=null",
+                                           "train.optimizers=null"])
+    assert (cfg["train"]["max_steps"], cfg["train"]["optimizers"], cfg["data"]["limit"]) == (None, {}, None)
+    # an integer learning rate for the base optimizer; the GAN's groups keep their own float rates
+    gan = load_config("configs/gan.yaml", ["train.optimizer.lr=0", "train.optimizer.weight_decay=0.5"])
+    assert gan["train"]["optimizers"]["d"]["lr"] == 5e-4 and gan["train"]["optimizers"]["d"]["weight_decay"] == 0.5
+    with pytest.raises(ConfigError, match="train.optimizers.d.lr"):
+        load_config("configs/gan.yaml", ["train.optimizers.d.lr=null"])
 
 
 def run_cli(capsys, *argv):
@@ -67,6 +85,8 @@ def run_cli(capsys, *argv):
     ["config", "show", "configs/vae.yaml", "model.covariance=5"],
     ["frobnicate"],
     ["train"],
+    [],
+    ["config"],
 ])
 def test_bad_cli_input_exits_2_with_one_line(capsys, argv):
     code, out, err = run_cli(capsys, *argv)

@@ -337,6 +337,7 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "bomb.png").write_bytes(png_header(60000, 60000))
     (tmp / "text.jpg").write_text("not a jpeg")
     (tmp / "empty_run").mkdir(exist_ok=True)
+    (tmp / "empty_run.png").mkdir(exist_ok=True)
     return [
         (["sample", str(run), "-n", "0"], "-n"),
         (["sample", str(run), "-n", "-5"], "-n"),
@@ -349,6 +350,13 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["eval", str(run), "--data", str(tmp / "good.png")], "--data"),  # this model reads no files
         (["reconstruct", str(tmp / "missing")], "not found"),
         (["sample", str(run), "--device", "tpu", "-o", str(tmp / "s.png")], "--device"),
+        (["sample", str(run), "-o", str(tmp / "good.png" / "s.png")], "not a folder"),  # parent is a file
+        (["sample", str(run), "-o", str(tmp / "empty_run.png")], "is a directory"),
+        (["sample", str(run), "-o", "/proc/zoo-test/s.png"], "/proc"),
+        (["sample", str(run), "--seed", str(2**64)], "--seed"),
+        (["sample", str(run), "--temperature", "inf"], "--temperature"),
+        (["sample", str(run), "--temperature", "nan"], "--temperature"),
+        (["compress", str(good), "-o", "/proc/zoo-test.png"], "/proc"),
         (["eval", str(run), "--device", "mps"], "--device"),  # torch knows it; this build has no MPS
         (["reconstruct", str(run), "--device", "cuda:x", "-o", str(tmp / "o.png")], "--device"),
         (["export", str(run), "-o", str(tmp / "w.bin")], "safetensors"),
@@ -360,6 +368,7 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["compress", str(good), "-o", str(tmp / "o.jpg")], ".png"),
         (["train", str(tmp / "good.png")], "config"),
         (["train", str(tmp)], "config"),
+        (["train", "configs/purifier.yaml", "--run-dir", str(tmp)], "not a run dir"),  # a folder of other files
         (["list", "no_such_*"], "no model"),
     ]
 

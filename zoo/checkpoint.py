@@ -214,6 +214,11 @@ def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool,
         if (Path(run_dir) / "checkpoints" / "last.pt").exists():
             raise ZooError(f"'{run_dir}' already holds a run; use --resume {run_dir} to continue it or pick "
                            f"another --run-dir")
+        here = Path(run_dir)
+        if here.is_dir() and any(here.iterdir()) and not (here / "config.yaml").is_file():
+            # '--run-dir ""' is the working dir: a run's files must not land among a project's
+            raise ZooError(f"'{run_dir}' is a folder with other files in it, not a run dir; pick a new or empty "
+                           "--run-dir")
         return None, {}
     ck, _ = load_for_resume(run_dir, log)
     changed = check_resumable(ck, cfg, run_dir, allow_changes)

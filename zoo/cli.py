@@ -7,7 +7,9 @@ is wrong and how to fix it; never a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ app.add_typer(config_app, name="config")
 
 #: What a model can do besides training, each an optional ZooModel method; a command that needs one checks it.
 CAPABILITIES = ("sample", "reconstruct", "translate", "compress")
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 
 
 def _err(msg: str) -> None:
@@ -39,11 +42,27 @@ def _which(checkpoint: str) -> str:
     return checkpoint
 
 
-def _png(out: Path) -> Path:
-    """-o for image outputs: a .png, else one line."""
-    if out.suffix.lower() != ".png":
-        raise ZooError(f"-o {out}: write a .png file")
+def _output(out: Path, suffix: str = ".png") -> Path:
+    """-o: a file of this kind in a place that can take it, checked before any work; else one line."""
+    if out.suffix.lower() != suffix:
+        raise ZooError(f"-o {out}: write a {suffix} file")
+    if out.is_dir():
+        raise ZooError(f"-o {out} is a directory; name a {suffix} file")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # the nearest existing folder: created below it
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ZooError(f"-o {out}: '{folder}' is not a folder this user can write in; pick another path")
     return out
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """What the checks above cannot foresee (a full disk, /proc): one line, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        raise ZooError(f"cannot write {out} ({e.strerror or e}); pick another path") from None
 
 
 def require(model, capability: str, cfg: dict) -> None:
@@ -111,10 +130,11 @@ def sample(
     run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
     n: int = typer.Option(64, "-n", min=1, max=10000, help="number of images"),
     out: Path = typer.Option(Path("samples.png"), "-o", "--out", help="PNG grid to write"),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", min=0.0, help="scale of the latent noise"),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", min=0.0, max=100.0,
+                                      help="scale of the latent noise"),
     prior: Optional[str] = typer.Option(None, "--prior", help="latent prior for models with several "
                                         "(e.g. standard|fitted); default: the model's own"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N"),
 ):
     """Generate images from a trained generative model's checkpoint alone."""
@@ -126,10 +146,11 @@ def sample(
 
     model, cfg, _ = load_run(run, pick_device(device, what="--device"))
     require(model, "sample", cfg)
-    _png(out)
+    _output(out)
     extra = {"prior": _prior(model, prior, cfg)} if prior else {}
     images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature, **extra)
-    save_png(images, out)
+    with _writing(out):
+        save_png(images, out)
     print(f"wrote {n} samples to {out}")
 
 
@@ -149,7 +170,7 @@ def reconstruct(
     run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
     n: int = typer.Option(32, "-n", min=1, max=1000, help="number of test items"),
     out: Path = typer.Option(Path("reconstructions.png"), "-o", "--out", help="PNG to write"),
-    seed: int = typer.Option(0, "--seed", help="seed of the data's transform noise"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="seed of the data's transform noise"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N"),
 ):
     """Reconstruct test items: originals in the top half of the grid, reconstructions below."""
@@ -162,11 +183,12 @@ def reconstruct(
 
     model, cfg, _ = load_run(run, pick_device(device, what="--device"))
     require(model, "reconstruct", cfg)
-    _png(out)
+    _output(out)
     data = create_data(**cfg["data"])
     x = next(data.batches("test", n, generator=torch.Generator().manual_seed(seed)))[0].to(model.device)
     with torch.no_grad():
-        save_png(torch.cat([x, model.reconstruct(x)]), out)
+        with _writing(out):
+            save_png(torch.cat([x, model.reconstruct(x)]), out)
     print(f"wrote {n} test items and their reconstructions to {out}")
 
 
@@ -175,7 +197,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
-    seed: int = typer.Option(0, "--seed", help="seed of the evaluation noise and samples"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="seed of the evaluation noise and samples"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N"),
     evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="evaluator run dir for FID-LeNet"),
     data_path: Optional[Path] = typer.Option(None, "--data", help="evaluate on this file instead of the run's "
@@ -255,8 +277,9 @@ def translit(
                                                     "printed per input line"),
     beam: Optional[int] = typer.Option(None, "--beam", "-k", min=1, help="beam width (default: the run's config)"),
     nbest: int = typer.Option(1, "--nbest", "-n", min=1, help="the N best candidates of each line, with scores"),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="> 0: sample instead of search"),
-    seed: int = typer.Option(0, "--seed", help="seed of sampling"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, max=100.0,
+                                      help="> 0: sample instead of search"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="seed of sampling"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                             help="words decoded at once (default: the model's)"),
@@ -327,8 +350,7 @@ def export(
 
     if fmt != "safetensors":
         raise ZooError(f"--format {fmt!r}: the only export format is safetensors")
-    if out.suffix != ".safetensors":
-        raise ZooError(f"-o {out}: name the file *.safetensors")
+    _output(out, ".safetensors")
     _which(checkpoint)
     ck = load(find_checkpoint(run, checkpoint))
     export_safetensors(ck, out)
@@ -370,12 +392,13 @@ def compress(
     k: int = typer.Option(16, "-k", help="number of colours (2, 4, 8, 16...)"),
     out: Path = typer.Option(..., "-o", "--out", help="PNG to write"),
     method: str = typer.Option("net", "--method", help="net (the k-means network, SGD) or lloyd"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
 ):
     """Compress an image by k-means on its RGB pixels: each pixel becomes its cluster's colour."""
     from .compress import compress_file
 
-    r = compress_file(image, k, out, method, seed)
+    with _writing(_output(out)):
+        r = compress_file(image, k, out, method, seed)
     print(f"wrote {out}: k={k} ({method}), compression factor 24/log2(k) = {r['compression_factor']:.3g}, "
           f"mse = {r['mse']:.6f} (pixels in [0, 1]), psnr = {r['psnr_db']:.2f} dB, {r['seconds']:.2f} s")
 
@@ -404,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     except Abort:
         _err("aborted")
         return 130
-    except TyperException as e:
-        _err(f"error: {e.format_message().splitlines()[0]} (see zoo --help)")
+    except TyperException as e:  # usage errors; "no command" (its help already printed) has no message
+        message = (e.format_message().splitlines() or ["no command given: pick one of those listed"])[0]
+        _err(f"error: {message} (see zoo --help)")
         return 2
     except KeyboardInterrupt:
         _interrupted(command)

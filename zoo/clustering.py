@@ -107,7 +107,10 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator | None 
     x_sq = x.pow(2).sum(1, keepdim=True)  # once, not once per centre: the GEMM is then the whole cost
     closest = sq_distances(x, x[first], x_sq)  # [N, R]
     for _ in range(1, k):
-        probs = (closest / closest.sum(0)).T.cpu().double()  # [R, N]
+        # GEMM-form distances can round below 0; with fewer distinct points than k they are all 0: draw evenly
+        weights = closest.clamp(min=0).T.cpu().double()  # [R, N]
+        total = weights.sum(1, keepdim=True)
+        probs = torch.where(total > 0, weights / total.clamp(min=1e-300), torch.full_like(weights, 1.0 / n))
         candidates = torch.cat([torch.multinomial(p, trials, replacement=True, generator=generator)
                                 for p in probs]).to(x.device)  # [R * trials]
         new_closest = torch.minimum(closest[:, :, None], sq_distances(x, x[candidates], x_sq).view(n, restarts, trials))

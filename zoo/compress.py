@@ -35,13 +35,29 @@ def load_rgb(path: str | Path) -> torch.Tensor:
             if im.width * im.height > MAX_PIXELS:
                 raise ZooError(f"'{path}' is {im.width} x {im.height} pixels, over zoo compress's limit of "
                                f"{MAX_PIXELS:,}; downscale it first")
-            return torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8).reshape(
+            return torch.frombuffer(bytearray(_to_8bit(im).convert("RGB").tobytes()), dtype=torch.uint8).reshape(
                 im.height, im.width, 3)
     except Image.DecompressionBombError:
         raise ZooError(f"'{path}' declares more pixels than PIL will decode (a decompression bomb?); "
                        f"zoo compress reads images of at most {MAX_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL raises these for broken files
         raise ZooError(f"'{path}' is not an image PIL can read ({type(e).__name__}); give a PNG or JPEG") from None
+
+
+def _to_8bit(im):
+    """PIL's convert("RGB") clips 16-bit and 32-bit grey to 255 (a 16-bit PNG comes out almost white): scale
+    them instead. 16-bit and integer images by 65535 -> 255, float images from [0, 1] (or from [0, 255])."""
+    from PIL import Image
+    import numpy as np
+
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        a = a * 255 if a.size and np.nanmax(a) <= 1 else a
+    else:
+        a = a / 257
+    return Image.fromarray(np.nan_to_num(a).clip(0, 255).round().astype(np.uint8), "L")
 
 
 def save_rgb(pixels: torch.Tensor, path: str | Path) -> None:

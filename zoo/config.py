@@ -90,6 +90,12 @@ def _merge(schema: dict, given: dict, prefix: str) -> dict:
         if key not in schema:
             raise ConfigError(f"unknown key '{where}'{suggest(key, schema)}; valid keys: {', '.join(schema)}")
         default = schema[key]
+        if value is None and default is not None and prefix == "train" and key == "optimizers":
+            value = {}  # no per-group overrides
+        elif value is None and default is not None:
+            fallback = "" if isinstance(default, dict) else f" (default {default!r})"
+            raise ConfigError(f"'{where}' must be {_type_name(default)}, got null; set a value or drop the key"
+                              f"{fallback}")
         if isinstance(default, dict) and key not in ("optimizers",):
             out[key] = _merge(default, value, where)
         elif not _type_ok(value, default):
@@ -110,6 +116,10 @@ def _check_ctor(values: dict, builder, prefix: str) -> None:
         p = params.get(key)
         if p is not None and p.default is not inspect.Parameter.empty and not _type_ok(value, p.default):
             raise ConfigError(f"'{prefix}.{key}' must be {_type_name(p.default)}, got {value!r}")
+        nullable = type(None) in typing.get_args(hints.get(key)) or hints.get(key) in (None, typing.Any)
+        if value is None and p is not None and p.default not in (None, inspect.Parameter.empty) and not nullable:
+            raise ConfigError(f"'{prefix}.{key}' must be {_type_name(p.default)}, got null; set a value or drop "
+                              f"the key (default {p.default!r})")
         optional = [a for a in typing.get_args(hints.get(key)) if a is not type(None)]
         if value is not None and len(optional) == 1 and optional[0] in (int, float, str, bool) \
                 and not _type_ok(value, optional[0]()):  # `limit: int | None = None`: null or an int
@@ -137,6 +147,8 @@ def _validate_values(cfg: dict) -> None:
         if get(path) not in choices:
             raise ConfigError(f"'{path}' is {get(path)!r}{suggest(get(path), choices)}; choose one of: "
                               f"{', '.join(choices)}")
+    if cfg["train"]["grad_clip"] is not None and cfg["train"]["grad_clip"] < 0:
+        raise ConfigError(f"'train.grad_clip' must be >= 0 (0 or null: no clipping), got {cfg['train']['grad_clip']}")
     for path in POSITIVE:
         v = get(path)
         if v is not None and v <= 0:
@@ -255,9 +267,9 @@ def resolve(raw: dict, source: str | None = None) -> dict:
     check_model_args(info.name, margs)
     _check_ctor(margs, info.builder, "model")
 
+    if not isinstance(raw.get("data") or {}, dict):
+        raise ConfigError(f"'data' must be a mapping of keys to values, got {raw['data']!r:.60}")
     data = dict(raw.get("data") or {})
-    if not isinstance(data, dict):
-        raise ConfigError("'data' must be a mapping")
     data.setdefault("name", "mnist")
     if not isinstance(data["name"], str):
         raise ConfigError(f"'data.name' must be the name of a registered dataset, got {data['name']!r:.60}")
@@ -277,8 +289,9 @@ def resolve(raw: dict, source: str | None = None) -> dict:
     model_full = {"name": info.name, **{k: v for k, v in info.defaults().items() if k not in declared}, **margs}
 
     train = _merge(TRAIN, raw.get("train") or {}, "train")
-    for group, opts in (train["optimizers"] or {}).items():
-        train["optimizers"][group] = _merge(train["optimizer"], opts, f"train.optimizers.{group}")
+    for group, opts in train["optimizers"].items():  # types from the schema, defaults from train.optimizer
+        checked = _merge(OPTIMIZER, opts, f"train.optimizers.{group}")
+        train["optimizers"][group] = {**copy.deepcopy(train["optimizer"]), **{k: checked[k] for k in opts}}
     name = raw.get("name")
     if name is not None and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         raise ConfigError(f"'name' is {name!r}: give a run name of letters, digits, '.', '_' and '-' (it names "
