@@ -13,7 +13,7 @@ import torch
 from zoo.cli import main
 from zoo.config import load_config
 from zoo.data import create_data
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError
 from zoo.models.linear import LinearPurifier, pca, purifier_optimum
 from zoo.registry import create_model
 from zoo.trainer import fit
@@ -107,6 +107,14 @@ def test_linear_ae_trained_on_hw6_q1a(tmp_path, center, direction, loss):
     assert w.norm() == pytest.approx(1.0, abs=1e-3)  # tied optimum: an orthonormal row
     assert abs(w @ v) == pytest.approx(1.0, abs=1e-5)
     assert tr.metrics["epochs"][-1]["val/loss"] == pytest.approx(loss, abs=1e-3)
+
+
+def test_linear_ae_refuses_fewer_items_than_pca_needs_before_training(tmp_path):
+    cfg = {"name": "q1a", "model": {"name": "linear_ae", "k": 2, "tied": True, "center": True},
+           "data": {"name": "homework", "problem": "hw6_q1a"}, "train": {"epochs": 1, "device": "cpu"}}
+    with pytest.raises(ZooError, match="needs at least 3 training items .* has 2"):  # 2 points, centred: rank 1
+        fit(load_config(cfg), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # ---- self-supervised purification ------------------------------------------------------------------------------

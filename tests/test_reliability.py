@@ -163,6 +163,22 @@ def small_vae(tmp_path) -> Path:
     return tmp_path / "vae"
 
 
+def test_resume_refuses_a_damaged_metrics_file_and_names_another_model_first(tmp_path, capsys):
+    run = small_vae(tmp_path)
+    (run / "metrics.json").write_text("{garbage")
+    before = sorted(p.name for p in run.rglob("*"))
+    err = one_line_error(capsys, main(["train", str(run / "config.yaml"), "--resume", str(run)]))
+    assert "metrics.json" in err and sorted(p.name for p in run.rglob("*")) == before  # nothing touched
+    err = one_line_error(capsys, main(["train", "configs/purifier.yaml", "--resume", str(run)]))
+    assert "model.name" in err, err
+
+
+def test_a_full_disk_under_stdout_is_one_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "zoo", "list"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "cannot write the output" in done.stderr
+
+
 def test_export_to_safetensors_samples_and_evaluates_like_the_checkpoint(tmp_path, capsys):
     run = small_vae(tmp_path)
     out = tmp_path / "vae.safetensors"
@@ -357,6 +373,7 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["sample", str(run), "--temperature", "inf"], "--temperature"),
         (["sample", str(run), "--temperature", "nan"], "--temperature"),
         (["compress", str(good), "-o", "/proc/zoo-test.png"], "/proc"),
+        (["compress", str(good), "-o", str(tmp / "o.png"), "-k", "100000"], "-k"),
         (["eval", str(run), "--device", "mps"], "--device"),  # torch knows it; this build has no MPS
         (["reconstruct", str(run), "--device", "cuda:x", "-o", str(tmp / "o.png")], "--device"),
         (["export", str(run), "-o", str(tmp / "w.bin")], "safetensors"),
@@ -429,10 +446,14 @@ def test_translit_answers_one_line_per_input_line_whatever_the_input(translit_ru
     assert "Traceback" not in captured.err
 
 
-def test_translit_refuses_contradictory_options_in_one_line(translit_run, capsys):
+def test_translit_refuses_contradictory_options_in_one_line(translit_run, tmp_path, capsys):
     for argv, needle in ((["--temperature", "0.5", "--beam", "3"], "--temperature"), (["--nbest", "0"], "--nbest"),
-                         (["--checkpoint", "middle"], "--checkpoint"), (["--device", "tpu"], "--device")):
+                         (["--checkpoint", "middle"], "--checkpoint"), (["--device", "tpu"], "--device"),
+                         (["--beam", "100000"], "--beam")):
         err = one_line_error(capsys, main(["translit", str(translit_run), "ahlan", *argv]))
         assert needle in err, (argv, err)
     err = one_line_error(capsys, main(["eval", str(translit_run), "--data", "/no/such/pairs.tsv"]))
     assert "no such file" in err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("arabizi\tarabic\nonly-one-field\n", encoding="utf-8")  # the reason goes in the one line
+    assert "1 malformed line" in one_line_error(capsys, main(["eval", str(translit_run), "--data", str(bad)]))

@@ -238,8 +238,9 @@ def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path, allow_changes:
     old = {**ck["config"], "data": {**COMMON_OPTIONS, **ck["config"]["data"]}, "train": train}
     for section in ("model", "data"):
         if old[section] != cfg[section]:
-            diff = sorted(k for k in set(old[section]) | set(cfg[section])
-                          if old[section].get(k) != cfg[section].get(k))[0]
+            diffs = sorted(k for k in set(old[section]) | set(cfg[section])
+                           if old[section].get(k) != cfg[section].get(k))
+            diff = "name" if "name" in diffs else diffs[0]  # another model or dataset: say that first
             raise ZooError(f"cannot resume '{run_dir}': its {section}.{diff} differs from this config "
                            f"({old[section].get(diff)!r} vs {cfg[section].get(diff)!r}); use the run's config.yaml")
     changed = sorted(k for k in set(old["train"]) | set(cfg["train"])

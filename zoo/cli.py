@@ -8,6 +8,7 @@ is wrong and how to fix it; never a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -160,7 +161,8 @@ def _prior(model, prior: str, cfg: dict) -> str:
         raise ZooError(f"--prior {prior}: model '{cfg['model']['name']}' has a single prior; drop --prior")
     if prior not in have:
         raise ZooError(f"--prior {prior}: model '{cfg['model']['name']}' of this run samples from "
-                       f"{' or '.join(have)}" + (" (a fitted prior needs model.prior_components > 0)"
+                       f"{' or '.join(have)}" + (" (a fitted prior needs model.prior_components > 0 and one "
+                                                   "finished epoch: it is fitted at the end of each)"
                                                    if prior == "fitted" else ""))
     return prior
 
@@ -275,8 +277,10 @@ def translit(
     run: Path = typer.Argument(..., help="run dir (runs/NAME) or checkpoint .pt"),
     text: Optional[str] = typer.Argument(None, help="text to convert; without it, stdin is read and one line is "
                                                     "printed per input line"),
-    beam: Optional[int] = typer.Option(None, "--beam", "-k", min=1, help="beam width (default: the run's config)"),
-    nbest: int = typer.Option(1, "--nbest", "-n", min=1, help="the N best candidates of each line, with scores"),
+    beam: Optional[int] = typer.Option(None, "--beam", "-k", min=1, max=1000,
+                                       help="beam width (default: the run's config)"),
+    nbest: int = typer.Option(1, "--nbest", "-n", min=1, max=1000,
+                              help="the N best candidates of each line, with scores"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, max=100.0,
                                       help="> 0: sample instead of search"),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="seed of sampling"),
@@ -434,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _interrupted(command)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EPIPE):
+            raise
+        # stdout is full or gone (> /dev/full, a closed pipe): say so once, and let the exit flush go nowhere
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _err(f"error: cannot write the output ({e.strerror}); free space or check where it goes")
+        return 2
     return 0
 
 

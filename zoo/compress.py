@@ -94,8 +94,8 @@ def fit_net(x: torch.Tensor, k: int, generator: torch.Generator, epochs: int = 3
 
 def compress(pixels: torch.Tensor, k: int, method: str = "net", seed: int = 0) -> dict:
     """Quantise [H, W, 3] uint8 ``pixels`` to k colours: the new image, its palette, factor and errors."""
-    if k < 2:
-        raise ZooError(f"-k {k}: need at least 2 colours")
+    if not 2 <= k <= 4096:
+        raise ZooError(f"-k {k}: choose 2 to 4096 colours")
     if method not in METHODS:
         raise ZooError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     t0 = time.perf_counter()

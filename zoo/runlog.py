@@ -161,9 +161,13 @@ class RunLog:
         """Keep what metrics.json recorded up to a resumed checkpoint (step, epoch), drop what came after."""
         path = self.run_dir / "metrics.json"
         if path.exists():
-            old = json.loads(path.read_text())
-            self.history = [h for h in old.get("history", []) if h["step"] <= step]
-            self.epochs = [e for e in old.get("epochs", []) if e["epoch"] < epoch]
+            try:
+                old = json.loads(path.read_text())
+                self.history = [h for h in old.get("history", []) if h["step"] <= step]
+                self.epochs = [e for e in old.get("epochs", []) if e["epoch"] < epoch]
+            except (ValueError, AttributeError, TypeError, KeyError):  # not the JSON this class writes
+                raise ZooError(f"'{path}' is not a metrics file zoo wrote (edited or damaged?); restore it, or "
+                               "move it away to resume with the curves starting afresh") from None
 
     def open(self, step: int, changes: dict[str, tuple] | None = None) -> None:
         """Create the run dir, write the resolved config, and start (or continue after ``step``) the events.

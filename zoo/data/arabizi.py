@@ -78,11 +78,12 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
         if number == 1 and src == "arabizi":
             continue  # the header
         pairs.append((src, tgt))
+    shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    if not pairs:  # one line: the skipped lines are the reason
+        skipped = f" ({len(bad)} malformed line(s): {shown})" if bad else ""
+        raise ZooError(f"'{path}' holds no word pairs{skipped}: expected {FORMAT}")
     if bad:
-        shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
         log(f"warning: skipped {len(bad)} malformed line(s) (want two fields): {shown}")
-    if not pairs:
-        raise ZooError(f"'{path}' holds no word pairs: expected {FORMAT}")
     return pairs
 
 

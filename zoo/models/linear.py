@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ZooError
 from ..losses import mse
 from ..registry import register_model
 from .base import ZooModel
@@ -128,6 +129,12 @@ class LinearAE(ZooModel):
         x = batch[0]
         # squared error summed over pixels, averaged over the batch (the PCA objective per image)
         return {"loss": mse(self.reconstruct(x), x).mean()}
+
+    def setup(self, data) -> None:
+        n, need = data.size("train"), self.k + int(self.center)  # centring spends one dimension
+        if n < need:  # PCA, the closed form every run is checked against, would have fewer than k components
+            raise ZooError(f"linear_ae with model.k={self.k} needs at least {need} training items to compare with "
+                           f"PCA, and the data has {n}: raise data.limit or lower model.k")
 
     def on_fit_start(self, data) -> None:
         if self.center:
