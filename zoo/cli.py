@@ -188,9 +188,8 @@ def reconstruct(
     _output(out)
     data = create_data(**cfg["data"])
     x = next(data.batches("test", n, generator=torch.Generator().manual_seed(seed)))[0].to(model.device)
-    with torch.no_grad():
-        with _writing(out):
-            save_png(torch.cat([x, model.reconstruct(x)]), out)
+    with torch.no_grad(), _writing(out):
+        save_png(torch.cat([x, model.reconstruct(x)]), out)
     print(f"wrote {n} test items and their reconstructions to {out}")
 
 
