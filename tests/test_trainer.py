@@ -144,10 +144,10 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "c.pt"
-    ckpt_io.save(path, {"model_name": "x", "config": {}, "v": torch.ones(3)})
+    ckpt_io.save(path, {"model_name": "x", "config": {"model": {}}, "model": {"v": torch.ones(3)}})
     with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the Python version
-        ckpt_io.save(path, {"model_name": "x", "config": {}, "v": lambda: 0})  # unpicklable: fails mid-write
-    assert torch.equal(ckpt_io.load(path)["v"], torch.ones(3))
+        ckpt_io.save(path, {"model_name": "x", "config": {"model": {}}, "model": {"v": lambda: 0}})  # fails mid-write
+    assert torch.equal(ckpt_io.load(path)["model"]["v"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
