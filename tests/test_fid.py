@@ -84,3 +84,29 @@ def test_evaluator_trained_by_the_recipe_is_accepted_and_named(off_recipe_lenet,
     ctx, info = Ctx(), {}
     fid.load_evaluator(ctx, info=info)
     assert info["evaluator_matches_recipe"] is True and not ctx.messages
+
+
+def test_an_unfinished_evaluator_is_refused_by_default_flagged_when_named(off_recipe_lenet, tmp_path, monkeypatch):
+    half = tmp_path / "half"
+    shutil.copytree(off_recipe_lenet, half)
+    metrics = json.loads((half / "metrics.json").read_text())
+    (half / "metrics.json").write_text(json.dumps({**metrics, "status": "interrupted"}))
+    ctx, info = Ctx(str(half)), {}
+    fid.load_evaluator(ctx, info=info)
+    assert info["evaluator_finished"] is False and any("did not finish" in m for m in ctx.messages)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    shutil.copytree(half, tmp_path / fid.DEFAULT_EVALUATOR)
+    with pytest.raises(ZooError, match="did not finish training; resume it"):
+        fid.load_evaluator(Ctx())
+
+
+def test_stopping_the_on_demand_evaluator_training_stops_the_command(tmp_path, monkeypatch):
+    class Stopped:
+        metrics = {"status": "interrupted", "epochs": []}
+
+    monkeypatch.setattr("zoo.trainer.fit", lambda *a, **k: Stopped())
+    ctx = Ctx(str(tmp_path / "lenet"))
+    with pytest.raises(KeyboardInterrupt):  # zoo eval then exits 130, instead of using half-trained weights
+        fid.load_evaluator(ctx)
+    assert any("--resume" in m for m in ctx.messages)

@@ -79,6 +79,10 @@ def test_cli_reports_an_interrupted_run_with_exit_130_and_the_resume_command(mni
     err = capsys.readouterr().err
     assert code == 130 and f"--resume {run}" in err
     assert json.loads((run / "metrics.json").read_text())["step"] == 1
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    again = err.split("continue with: zoo ")[1].split()  # the printed command works as printed (overrides too)
+    assert main([*again, "--quiet", "train.max_steps=3"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["step"] == 3
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(mnist_root, tmp_path):

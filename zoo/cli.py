@@ -122,7 +122,9 @@ def train(
     if m["status"] == "interrupted":  # Ctrl-C or SIGTERM: last.pt was saved after a whole batch
         if main:
             again = "torchrun ... -m zoo" if trainer.dist.enabled else "zoo"
-            print(f"continue with: {again} train {config} --resume {trainer.run_dir}", file=sys.stderr)
+            # the run's own config.yaml holds the overrides of this command line: resuming from it always fits
+            print(f"continue with: {again} train {trainer.run_dir / 'config.yaml'} --resume {trainer.run_dir}",
+                  file=sys.stderr)
         raise Exit(130)
 
 

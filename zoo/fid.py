@@ -116,7 +116,11 @@ def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None, i
         raise ZooError(f"the FID evaluator '{run}' is a '{ckpt['model_name']}' run; it must be a `lenet` run "
                        f"(zoo train configs/lenet.yaml)")
     metrics = run / "metrics.json"
-    if metrics.is_file() and json.loads(metrics.read_text()).get("status") != "finished":
+    finished = not metrics.is_file() or json.loads(metrics.read_text()).get("status") == "finished"
+    if not finished and not explicit:  # half-trained weights: its FID-LeNet would not compare either
+        raise ZooError(f"the FID evaluator '{run}' did not finish training; resume it (zoo train "
+                       f"{run / 'config.yaml'} --resume {run}) or move it away to train a new one")
+    if not finished:
         _log(ctx, f"warning: the FID evaluator '{run}' did not finish training; FID-LeNet uses it as it is")
     want = recipe_id(load_config(_recipe_path())) if _recipe_path().is_file() else None
     have = recipe_id(cfg)
@@ -129,6 +133,7 @@ def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None, i
                   f"not compare with published ones")
     if info is not None:
         info.update({"evaluator": str(run), "evaluator_recipe": have, "evaluator_matches_recipe": have == want,
+                     "evaluator_finished": finished,
                      "evaluator_sha256": weights_sha256(model)[:16]})
     return model.eval()
 
@@ -145,6 +150,9 @@ def _train_evaluator(run: Path, ctx) -> None:
               f"done once; later evaluations reuse it)")
     cfg = load_config(path, TRAIN_OVERRIDES)
     trainer = fit(cfg, run, quiet=True)
+    if trainer.metrics["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop here, as the command was asked to
+        _log(ctx, f"FID evaluator training stopped; resume it with zoo train {run / 'config.yaml'} --resume {run}")
+        raise KeyboardInterrupt
     last = trainer.metrics["epochs"][-1] if trainer.metrics.get("epochs") else {}
     _log(ctx, f"FID evaluator trained into '{run}' (val/acc={last.get('val/acc', float('nan')):.4f})")
 
