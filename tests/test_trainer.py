@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -15,6 +16,7 @@ from conftest import small_vae_config
 from zoo import checkpoint as ckpt_io
 from zoo.config import load_config
 from zoo.errors import ZooError
+from zoo.optim import fit_horizon
 from zoo.registry import list_models
 from zoo.trainer import Trainer, fit
 
@@ -160,3 +162,25 @@ def test_trainer_loop_has_no_model_specific_branches():
     for info in list_models():
         assert not re.search(rf"\b{re.escape(info.name)}\b", source), f"trainer mentions model '{info.name}'"
         assert not re.search(rf"\b{re.escape(info.family)}\b", source), f"trainer mentions '{info.family}'"
+
+
+def test_more_epochs_on_resume_stretch_the_cosine_instead_of_training_at_its_end(tmp_path):
+    cfg = {"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+           "data": {"name": "homework", "problem": "hw6_q1a"},
+           "train": {"epochs": 2, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.01}, "device": "cpu",
+                     "scheduler": {"name": "cosine"}}}
+    fit(load_config(cfg), tmp_path / "run")
+    cfg["train"]["epochs"] = 4
+    losses = [e["val/loss"] for e in fit(load_config(cfg), tmp_path / "run", resume=True).metrics["epochs"]]
+    assert len(losses) == 4 and losses[3] < losses[2] < losses[1]  # the added epochs train (lr was 0 there)
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.8)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2)
+    for _ in range(2):  # the end of a 2-epoch run: lr 0
+        opt.step(), cosine.step()
+    fit_horizon(cosine, 4)
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(2):
+        opt.step(), cosine.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.8 * (1 + math.cos(math.pi * t / 4)) / 2 for t in (2, 3, 4)], abs=1e-12)

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules from the ``train.optimizer`` / ``train.scheduler`` config sections."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -60,6 +61,19 @@ def build_optimizer(params, o: dict) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], **fused)
     cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
     return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"], **fused)
+
+
+def fit_horizon(scheduler, epochs: int) -> None:
+    """A resumed run whose ``train.epochs`` changed: its cosine now ends at the new last epoch (the saved state
+    kept the old one, so added epochs would train at the final rate, or climb a second cosine). The rate moves to
+    the new curve's value at the current epoch; with ``epochs`` unchanged nothing moves."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == epochs:
+        return
+    scheduler.T_max = epochs
+    t = min(scheduler.last_epoch, epochs)
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / epochs)) / 2
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
 def build_scheduler(opt, s: dict, epochs: int):
