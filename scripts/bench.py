@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from zoo.config import load_config  # noqa: E402
 from zoo.data import create_data  # noqa: E402
-from zoo.errors import script_main  # noqa: E402
+from zoo.errors import positive, script_main  # noqa: E402
 from zoo.optim import build_optimizers  # noqa: E402
 from zoo.registry import create_model  # noqa: E402
 from zoo.runtime import autocast, pick_device, prepare_model, seed_everything  # noqa: E402
@@ -396,9 +396,9 @@ def main() -> None:
     ap.add_argument("configs", nargs="*", help="configs to measure (default: every configs/*.yaml)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing windows per loop")
-    ap.add_argument("--window", type=float, default=0.4, help="seconds per window (about)")
-    ap.add_argument("--steps", type=int, default=200, help="at most this many steps in the whole-run view")
+    ap.add_argument("--rounds", type=positive(int), default=15, help="interleaved timing windows per loop")
+    ap.add_argument("--window", type=positive(float), default=0.4, help="seconds per window (about)")
+    ap.add_argument("--steps", type=positive(int), default=200, help="at most this many steps in the whole-run view")
     ap.add_argument("--run-seconds", type=float, default=4.0, help="about this many seconds of steps in it")
     ap.add_argument("--no-whole-run", action="store_true")
     ap.add_argument("--kmeans", action="store_true", help="only the kmeans_net vs scikit-learn race")

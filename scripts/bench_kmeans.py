@@ -21,6 +21,7 @@ import torch
 
 from zoo.clustering import inertia, label_metrics, sklearn_kmeans
 from zoo.config import load_config
+from zoo.errors import positive
 from zoo.trainer import fit
 
 VARIANTS = {
@@ -49,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default: all)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_kmeans/results.json"))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive(int), default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = args.out.parent

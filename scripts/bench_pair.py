@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import MinimalLoop, ZooLoop  # noqa: E402
 
 from zoo.config import load_config  # noqa: E402
-from zoo.errors import script_main  # noqa: E402
+from zoo.errors import positive, script_main  # noqa: E402
 from zoo.optim import clear_grads  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
-    ap.add_argument("--steps", type=int, default=1000, help="steps per timed run")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--steps", type=positive(int), default=1000, help="steps per timed run")
+    ap.add_argument("--rounds", type=positive(int), default=10)
     ap.add_argument("--no-window", action="store_true")
     ap.add_argument("--minimal-clears-grads", action="store_true")
     ap.add_argument("--against", nargs="+", metavar="KEY=VALUE", help="zoo with these overrides against zoo")

@@ -5,6 +5,7 @@ HW6 Q3(a)'s two backprop steps by hand. The trainer's side of each check is in t
 """
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -14,6 +15,7 @@ from zoo.models.linear import LinearPurifier, pca, purifier_optimum
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --help, or a usage error
     x = create_data("homework", problem="hw6_q1a").tensors("train")[0]
     p, c = pca(x, 2, center=False), pca(x, 1, center=True)
     print("HW6 Q1(a) A = [[5, 1, 1], [1, 5, -1]]")

@@ -23,7 +23,7 @@ import torch
 from zoo.checkpoint import load_run
 from zoo.data import create_data
 from zoo.data.arabizi import normalize_target, read_pairs
-from zoo.errors import script_main
+from zoo.errors import ZooError, script_main
 from zoo.models.translit import scores
 
 
@@ -45,6 +45,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, cfg, _ = load_run(args.run, "cpu", which=args.checkpoint)
+    if not callable(getattr(model, "beam_decode", None)):
+        raise ZooError(f"'{args.run}' is a {cfg['model']['name']} run; this script measures transliterator runs "
+                       "(zoo train configs/translit.yaml)")
     pairs = read_pairs(args.data) if args.data else create_data(**cfg["data"]).texts("val")
     sources, refs = [s for s, _ in pairs], [normalize_target(t) for _, t in pairs]
     if not model.target_lexicon:  # trained before the lexicon was data info: rebuild it from the training pairs

@@ -144,3 +144,26 @@ def test_scripts_end_bad_input_with_one_error_line_and_status_2(argv, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "no-such" in lines[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["bench.py", "--rounds", "0", "configs/linear_ae.yaml"], "--rounds: 0 must be above 0"),
+    (["bench.py", "--window", "nan", "configs/linear_ae.yaml"], "--window: nan must be above 0"),
+    (["bench_kmeans.py", "--threads", "0"], "--threads: 0 must be above 0"),
+    (["bench_pair.py", "configs/purifier.yaml", "--rounds", "-1"], "--rounds: -1 must be above 0"),
+    (["closed_forms.py", "--bogus"], "unrecognized arguments: --bogus"),
+    (["translit_options.py", "{tmp}/lae"], "this script measures transliterator runs"),
+])
+def test_scripts_refuse_meaningless_options_with_status_2(argv, needle, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if "{tmp}" in argv[-1]:  # a run of another model (one epoch on two points)
+        from zoo.trainer import fit
+
+        fit(load_config({"model": {"name": "linear_ae", "k": 1}, "data": {"name": "homework", "problem": "hw6_q1a"},
+                         "train": {"epochs": 1, "device": "cpu"}}), tmp_path / "lae")
+    cmd = [sys.executable, str(root / "scripts" / argv[0]), *(a.format(tmp=tmp_path) for a in argv[1:])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr

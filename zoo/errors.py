@@ -28,3 +28,20 @@ def script_main(entry) -> None:
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def positive(cast=int):
+    """An argparse ``type``: a finite number above 0 (rounds, seconds, threads), else argparse's usage error."""
+    import argparse
+    import math
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if cast is int else 'a number'}") \
+                from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+    return parse
