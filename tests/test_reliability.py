@@ -196,6 +196,7 @@ def test_export_to_safetensors_samples_and_evaluates_like_the_checkpoint(tmp_pat
     assert main(["eval", str(run), "--json", "--no-fid", "--no-baselines", "--device", "cpu"]) == 0
     from_run = json.loads(capsys.readouterr().out)
     assert {k: v for k, v in from_file.items() if k != "run"} == {k: v for k, v in from_run.items() if k != "run"}
+    assert (from_file["run"], from_run["run"]) == (str(out), str(run))  # the JSON names what was evaluated
 
 
 def test_foreign_and_future_checkpoints_are_one_line_errors(tmp_path, capsys):

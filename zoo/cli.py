@@ -237,7 +237,8 @@ def evaluate(
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     options = {"evaluator": evaluator, "data": data_path, "iw_samples": iw_samples, "views": views}
     ctx = EvalContext(dev, run_dir, seed, cfg, options, baselines)
-    out: dict[str, Any] = {"run": str(run_dir), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
+    shown = run_dir if path.parent.name == "checkpoints" else path  # a lone file (an export) names itself
+    out: dict[str, Any] = {"run": str(shown), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
     with torch.no_grad():
         out.update(model.evaluate(data, ctx))
     if fid and callable(getattr(model, "sample", None)):
