@@ -76,6 +76,13 @@ def fit_horizon(scheduler, epochs: int) -> None:
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
+def restore_schedulers(schedulers: dict, states: dict, epochs: int) -> None:
+    """A checkpoint's scheduler states back in place, each cosine then fitted to ``epochs`` (see fit_horizon)."""
+    for name, scheduler in schedulers.items():
+        scheduler.load_state_dict(states[name])
+        fit_horizon(scheduler, epochs)
+
+
 def build_scheduler(opt, s: dict, epochs: int):
     """Stepped once per epoch; None for ``none``."""
     if s["name"] == "cosine":

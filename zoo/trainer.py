@@ -19,7 +19,7 @@ from . import checkpoint as ckpt_io
 from .data.base import build_data, num_items
 from .distributed import Dist
 from .errors import ConfigError, ZooError, suggest
-from .optim import apply_update, build_optimizers, fit_horizon
+from .optim import apply_update, build_optimizers, restore_schedulers
 from .registry import create_model
 from .runlog import Progress, RunLog, new_run_dir
 from .runtime import StepWindow, StopRequests, autocast, pick_device, prepare_model, seed_everything
@@ -128,11 +128,9 @@ class Trainer:
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
-        for key, objects in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
-            for k, o in objects.items():
-                o.load_state_dict(ck[key][k])
-        for s in self.schedulers.values():
-            fit_horizon(s, self.cfg["train"]["epochs"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(ck["optimizers"][k])
+        restore_schedulers(self.schedulers, ck["schedulers"], self.cfg["train"]["epochs"])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
         self.best, self.skipped, self.saved_step = ck["best"], ck.get("nonfinite_skips", 0), ck["step"]
