@@ -96,27 +96,6 @@ def test_two_nodes_with_a_c10d_rendezvous_take_the_step_of_one_process(mnist_roo
     assert sum(out.count("stopped:") for out, _ in outputs) == 1
 
 
-def test_stopped_run_resumes_exactly_with_per_rank_random_streams(mnist_root, tmp_path):
-    """Dropout and random shifts draw from each rank's own stream; last.pt carries all of them."""
-    cfg = os.path.abspath("configs/lenet.yaml")
-    args = [*LENET, "train.epochs=2", "train.batch_size=32", f"data.root={os.path.abspath(mnist_root)}"]
-    full = torchrun(tmp_path, cfg, *args, "--run-dir", "full")
-    assert full.returncode == 0, full.stderr[-2000:]
-    stopped = torchrun(tmp_path, cfg, *args, "train.max_steps=5", "--run-dir", "part")
-    assert stopped.returncode == 0, stopped.stderr[-2000:]
-    ck = ckpt_io.load(tmp_path / "part" / "checkpoints" / "last.pt")
-    assert (ck["step"], ck["batch_in_epoch"]) == (5, 5) and len(ck["rank_rng"]) == 2
-    assert not torch.equal(ck["rank_rng"][0]["rng"]["torch"], ck["rank_rng"][1]["rng"]["torch"])
-    resumed = torchrun(tmp_path, cfg, *args, "--resume", "part")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = model_state(tmp_path / "full"), model_state(tmp_path / "part")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    # rank 0 alone wrote the run: one TensorBoard file per launch, one status line per launch
-    assert len(list((tmp_path / "full").glob("events.out.tfevents.*"))) == 1
-    assert full.stdout.count("finished:") == 1
-
-
 def _worker_of_rank(launcher_pid: int, rank: int) -> int:
     for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
         env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
@@ -127,7 +106,8 @@ def _worker_of_rank(launcher_pid: int, rank: int) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
 def test_sigterm_to_one_rank_stops_all_after_the_same_batch(mnist_root, tmp_path):
-    """Only rank 1 gets the signal: the ranks agree to stop, rank 0 saves a last.pt that resumes exactly."""
+    """Only rank 1 gets the signal: the ranks agree to stop, rank 0 saves a last.pt that resumes exactly,
+    dropout and random shifts included: they draw from each rank's own stream, and last.pt carries all of them."""
     cfg = os.path.abspath("configs/lenet.yaml")
     args = [*LENET, "data.limit=16000", "train.epochs=1", "train.batch_size=16", "train.log_every=0",
             f"data.root={os.path.abspath(mnist_root)}"]
@@ -142,6 +122,8 @@ def test_sigterm_to_one_rank_stops_all_after_the_same_batch(mnist_root, tmp_path
     assert "interrupted: part" in out, err[-2000:]
     ck = ckpt_io.load(tmp_path / "part" / "checkpoints" / "last.pt")
     assert 0 < ck["step"] < 500 and len(ck["rank_rng"]) == 2  # 16000 images / 2 ranks / 16 = 500 steps
+    assert ck["batch_in_epoch"] == ck["step"]  # stopped after a whole batch, mid-epoch
+    assert not torch.equal(ck["rank_rng"][0]["rng"]["torch"], ck["rank_rng"][1]["rng"]["torch"])
     assert json.loads((tmp_path / "part" / "metrics.json").read_text())["status"] == "interrupted"
     resumed = torchrun(tmp_path, cfg, *args, "--resume", "part")
     full = torchrun(tmp_path, cfg, *args, "--run-dir", "full")
@@ -149,6 +131,9 @@ def test_sigterm_to_one_rank_stops_all_after_the_same_batch(mnist_root, tmp_path
     a, b = model_state(tmp_path / "full"), model_state(tmp_path / "part")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # rank 0 alone wrote the run: one TensorBoard file per launch, one status line per launch
+    assert len(list((tmp_path / "full").glob("events.out.tfevents.*"))) == 1
+    assert full.stdout.count("finished:") == 1 and resumed.stdout.count("finished:") == 1
 
 
 def test_rule_based_model_is_refused_with_one_clear_line(mnist_root, tmp_path):

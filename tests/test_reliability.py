@@ -385,7 +385,7 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["compress", str(tmp / "text.jpg"), "-o", str(tmp / "o.png")], "not an image"),
         (["compress", str(tmp / "nope.png"), "-o", str(tmp / "o.png")], "does not exist"),
         (["compress", str(good), "-o", str(tmp / "o.png"), "-k", "1"], "-k"),
-        (["compress", str(good), "-o", str(tmp / "o.jpg")], ".png"),
+        (["compress", str(good), "-o", str(tmp / "o.jpg")], "JPEG would blur"),
         (["train", str(tmp / "good.png")], "config"),
         (["train", str(tmp)], "config"),
         (["train", "configs/purifier.yaml", "--run-dir", str(tmp)], "not a run dir"),  # a folder of other files

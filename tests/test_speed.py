@@ -236,6 +236,22 @@ def test_the_bench_harness_times_three_loops_and_the_phases_of_a_short_run(tmp_p
     assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k not in ("total", "num_steps")))
 
 
+def test_the_bench_never_overwrites_the_committed_tables_unless_it_remade_them():
+    import argparse
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def out(configs=(), set_=(), device="cpu", kmeans=False):
+        return bench.default_out(argparse.Namespace(configs=list(configs), set=list(set_), device=device,
+                                                    kmeans=kmeans))
+    assert out() == ROOT / "bench" / "results.json"  # the README's full run remakes the committed table
+    assert out(kmeans=True) == ROOT / "bench" / "kmeans.json"  # the README says --kmeans writes this file
+    for partial in (out(configs=["configs/vae.yaml"]), out(set_=["train.precision=bf16"]), out(device="cuda")):
+        assert partial.parent == ROOT / "runs" / "bench" and partial.suffix == ".json"
+
+
 def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_pair.py"), str(ROOT / "configs" / "gan1d.yaml"),
            "--steps", "20", "--rounds", "3"]

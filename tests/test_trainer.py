@@ -25,8 +25,13 @@ def _losses(trainer):
     return [(h["step"], h["loss"]) for h in trainer.metrics["history"]]
 
 
-def test_resume_mid_epoch_gives_the_same_losses(mnist_root, tmp_path):
-    full = fit(load_config(small_vae_config(mnist_root)), tmp_path / "a")
+@pytest.fixture(scope="module")
+def full(mnist_root, tmp_path_factory):
+    """The small VAE trained start to finish without a stop: what every stopped-and-resumed run must equal."""
+    return fit(load_config(small_vae_config(mnist_root)), tmp_path_factory.mktemp("full") / "a")
+
+
+def test_resume_mid_epoch_gives_the_same_losses(mnist_root, tmp_path, full):
     stopped = fit(load_config(small_vae_config(mnist_root, max_steps=13)), tmp_path / "b")
     assert stopped.metrics["status"] == "stopped" and stopped.metrics["step"] == 13
     resumed = fit(load_config(small_vae_config(mnist_root)), tmp_path / "b", resume=True)
@@ -39,8 +44,7 @@ def test_resume_mid_epoch_gives_the_same_losses(mnist_root, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_after_the_batch_and_resume_continues_exactly(mnist_root, tmp_path, monkeypatch, sig):
-    full = fit(load_config(small_vae_config(mnist_root)), tmp_path / "a")
+def test_signal_saves_after_the_batch_and_resume_continues_exactly(mnist_root, tmp_path, monkeypatch, sig, full):
     real_step, calls = Trainer.train_step, []
 
     def step_then_signal(self, batch):

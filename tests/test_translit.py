@@ -145,6 +145,11 @@ def test_beam_n_best_lists_are_sorted_and_distinct():
         assert len(cands) == 4
         scores = [s for _, s in cands]
         assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    for cands in model.transliterate(WORDS, beam=12, nbest=12):  # untrained: <eos> is as likely as a letter
+        assert len(cands) == 12 and all(text for text, _ in cands)  # yet no word is empty
+    words = ["".join(random.Random(i).choices("abdhkmst37", k=3)) for i in range(300)]  # distinct words
+    for temperature in (0.0, 50.0):  # hot sampling: every token as likely as any other
+        assert all(c[0][0] for c in model.transliterate(words, temperature=temperature))
     src, src_len = model.encode_words(WORDS)
     tokens = model.beam_decode(src, src_len, k=4)["tokens"]
     for rows in tokens:  # the k completed hypotheses of a word are different sequences
@@ -172,7 +177,10 @@ def test_ensemble_averages_log_probabilities_and_the_lm_rescores_the_beam():
     prev = torch.full((len(WORDS),), SOS_ID)
     logp, _ = model._step(memories)(prev, states)
     each = [m.step(prev, st, mem)[0].log_softmax(-1) for m, st, mem in zip(model.members, states, memories)]
-    assert not torch.allclose(each[0], each[1]) and torch.allclose(logp, (each[0] + each[1]) / 2)
+    letters = slice(4, None)  # after <sos>: every letter may come, no special token (ids 0-3)
+    assert not torch.allclose(each[0], each[1])
+    assert torch.allclose(logp[:, letters], (each[0] + each[1])[:, letters] / 2)
+    assert (logp[:, :4] == float("-inf")).all()
     out = model.beam_decode(src, src_len, k=3)
     b, k, length = out["tokens"].shape
     lm = model.lm.log_prob(out["tokens"].view(b * k, length)).view(b, k)

@@ -43,10 +43,10 @@ def _which(checkpoint: str) -> str:
     return checkpoint
 
 
-def _output(out: Path, suffix: str = ".png") -> Path:
+def _output(out: Path, suffix: str = ".png", why: str = "") -> Path:
     """-o: a file of this kind in a place that can take it, checked before any work; else one line."""
     if out.suffix.lower() != suffix:
-        raise ZooError(f"-o {out}: write a {suffix} file")
+        raise ZooError(f"-o {out}: write a {suffix} file" + (f" ({why})" if why else ""))
     if out.is_dir():
         raise ZooError(f"-o {out} is a directory; name a {suffix} file")
     folder = out.parent
@@ -401,9 +401,9 @@ def compress(
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
 ):
     """Compress an image by k-means on its RGB pixels: each pixel becomes its cluster's colour."""
-    from .compress import compress_file
+    from .compress import PNG_ONLY, compress_file
 
-    with _writing(_output(out)):
+    with _writing(_output(out, why=PNG_ONLY)):
         r = compress_file(image, k, out, method, seed)
     print(f"wrote {out}: k={k} ({method}), compression factor 24/log2(k) = {r['compression_factor']:.3g}, "
           f"mse = {r['mse']:.6f} (pixels in [0, 1]), psnr = {r['psnr_db']:.2f} dB, {r['seconds']:.2f} s")

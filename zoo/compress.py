@@ -117,10 +117,13 @@ def compress(pixels: torch.Tensor, k: int, method: str = "net", seed: int = 0) -
             "seconds": time.perf_counter() - t0}
 
 
+PNG_ONLY = "JPEG would blur the k colours"
+
+
 def compress_file(image: str | Path, k: int, out: str | Path, method: str = "net", seed: int = 0) -> dict:
     """``zoo compress``: read ``image``, quantise, write ``out`` (PNG keeps the colours exact)."""
     if Path(out).suffix.lower() != ".png":
-        raise ZooError(f"-o {out}: write a .png file (JPEG would blur the k colours)")
+        raise ZooError(f"-o {out}: write a .png file ({PNG_ONLY})")
     result = compress(load_rgb(image), k, method, seed)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_rgb(result["image"], out)

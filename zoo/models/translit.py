@@ -340,10 +340,15 @@ class TranslitRNN(ZooModel):
         return memories, tuple(states)
 
     def _step(self, memories):
-        """The ensemble's next-character log-probabilities: the members' log-softmaxes averaged."""
+        """The ensemble's next-character log-probabilities: the members' log-softmaxes averaged. Only what a
+        word can hold is emitted: never <pad>, <unk> or <sos> (no training target holds them, and they print as
+        nothing), and <eos> not right after <sos> (fairseq's min_len 1). So no decoder, greedy, sampled or beam,
+        answers an empty word, and no beam slot is spent on one."""
         def step(prev, states):
             outs = [m.step(prev, s, mem) for m, s, mem in zip(self.members, states, memories)]
             logp = torch.stack([o[0].log_softmax(-1) for o in outs]).mean(0)
+            logp[:, [PAD_ID, UNK_ID, SOS_ID]] = float("-inf")
+            logp[:, EOS_ID] = logp[:, EOS_ID].masked_fill(prev == SOS_ID, float("-inf"))
             self._last_weights = outs[0][2]
             return logp, tuple(o[1] for o in outs)
         return step
