@@ -389,6 +389,26 @@ def test_reader_reports_malformed_lines_and_normalises(tmp_path):
     assert read_pairs(csv) == [("3ala", "على")]
 
 
+def test_reader_takes_quoted_csv_utf16_and_skips_huge_lines(tmp_path):
+    """What spreadsheets and Windows editors save reads as the same pairs; a huge line is one malformed line."""
+    want = [("3ala", "على"), ("ahlan", "اهلا")]
+    rows = [("arabizi", "arabic"), *want]
+    quoted = tmp_path / "q.csv"
+    quoted.write_text("".join(f'"{s}","{t}"\r\n' for s, t in rows), encoding="utf-8")
+    assert read_pairs(quoted) == want  # no quotes kept, the quoted header skipped
+    wide = tmp_path / "w.tsv"
+    wide.write_text("".join(f"{s}\t{t}\n" for s, t in rows), encoding="utf-16")  # with its byte-order mark
+    assert read_pairs(wide) == want
+    huge = tmp_path / "h.tsv"
+    huge.write_text("3ala\tعلى\n" + "a" * 200_000 + "\tب\nahlan\tاهلا\n", encoding="utf-8")
+    said = []
+    assert read_pairs(huge, log=said.append) == want and f"{huge}:2" in said[0]
+    latin = tmp_path / "l.tsv"
+    latin.write_bytes("café\tx\n".encode("latin-1"))
+    with pytest.raises(ZooError, match="is not UTF-8 text.*save it as UTF-8"):
+        read_pairs(latin)
+
+
 def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys):
     with pytest.raises(ZooError, match=r"no word-pair file at '.*nope\.tsv'.*arabizi<TAB>arabic"):
         build_data("arabizi", root=str(tmp_path), train="nope.tsv")

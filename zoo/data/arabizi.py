@@ -12,6 +12,7 @@ target tokens, so validation averages are per token.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import os
@@ -29,6 +30,7 @@ SPECIALS = (PAD, UNK, SOS, EOS)  # indices 0..3 in both vocabularies
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = range(4)
 DEFAULT_ROOT = "../shared/data/arabizi"
 FORMAT = "UTF-8 text, one pair a line: arabizi<TAB>arabic (or comma-separated), optional header line"
+MAX_WORD = 100  # characters of a field (the corpus's longest is 19): longer is a broken line, not a word
 
 
 def normalize_source(text: str) -> str:
@@ -55,27 +57,40 @@ def resolve(path: str | os.PathLike, root: str | None = None) -> Path:
 
 
 def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr)) -> list[tuple[str, str]]:
-    """(arabizi, arabic) pairs from a TSV/CSV file, normalised. Malformed lines (not two non-empty fields) are
-    reported with file and line number and skipped; a missing or unreadable file is one ZooError."""
+    """(arabizi, arabic) pairs from a TSV/CSV file (UTF-8, or UTF-16 with a byte-order mark), normalised.
+    Malformed lines (not two non-empty fields of at most ``MAX_WORD`` characters) are reported with file and line
+    number and skipped; a missing or unreadable file is one ZooError."""
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"no word-pair file at '{path}': expected {FORMAT} (set data.root, data.train/valid or "
                        f"ZOO_ARABIZI)")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ZooError(f"cannot read '{path}' ({type(e).__name__}): expected {FORMAT}") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ZooError(f"cannot read '{path}' ({e.strerror or type(e).__name__}): expected {FORMAT}") from None
+    # UTF-16 with a byte-order mark is what Windows editors save as "Unicode": unambiguous, so read it too
+    encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        name = "UTF-16" if encoding == "utf-16" else "UTF-8"
+        raise ZooError(f"'{path}' is not {name} text (byte {e.start}); save it as UTF-8: expected {FORMAT}") from None
     lines = text.splitlines()
     delim = "\t" if any("\t" in ln for ln in lines[:50]) else ","
     pairs, bad = [], []
-    for number, row in enumerate(csv.reader(lines, delimiter=delim, quoting=csv.QUOTE_NONE), start=1):
-        if not row or not "".join(row).strip():
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue  # blank lines are not malformed
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+        try:  # one line at a time, standard quoting ("word","كلمة" as spreadsheets write it): a stray quote
+            # cannot swallow the lines after it; a huge line is malformed, not a csv.Error or a huge tensor
+            row = next(csv.reader([line], delimiter=delim)) if len(line) <= 3 * MAX_WORD else []
+        except csv.Error:
+            row = []
+        if len(row) != 2 or not all(f.strip() and len(f) <= MAX_WORD for f in row):
             bad.append(number)
             continue
         src, tgt = normalize_source(row[0]), normalize_target(row[1])
-        if number == 1 and src == "arabizi":
+        if not pairs and not bad and src == "arabizi":
             continue  # the header
         pairs.append((src, tgt))
     shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -83,7 +98,8 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
         skipped = f" ({len(bad)} malformed line(s): {shown})" if bad else ""
         raise ZooError(f"'{path}' holds no word pairs{skipped}: expected {FORMAT}")
     if bad:
-        log(f"warning: skipped {len(bad)} malformed line(s) (want two fields): {shown}")
+        log(f"warning: skipped {len(bad)} malformed line(s) (want two fields of 1 to {MAX_WORD} characters): "
+            f"{shown}")
     return pairs
 
 
