@@ -419,6 +419,16 @@ def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys):
     assert err.count("\n") == 0 and "train.tsv" in err
 
 
+def test_errors_blame_a_stale_zoo_arabizi_and_say_how_to_fix_val_size(tmp_path, monkeypatch):
+    (tmp_path / "mine.tsv").write_text("".join(f"w{i}a\tو{i}\n" for i in range(20)), encoding="utf-8")
+    monkeypatch.setenv("ZOO_ARABIZI", str(tmp_path / "elsewhere"))  # set once for the corpus, forgotten since
+    with pytest.raises(ZooError, match=r"ZOO_ARABIZI=.*elsewhere is set and wins over data.root"):
+        build_data("arabizi", root=str(tmp_path), train="mine.tsv", valid=None)
+    monkeypatch.delenv("ZOO_ARABIZI")
+    with pytest.raises(ZooError, match=r"leaves no training pairs out of 20 .*set data.val_size below 20"):
+        build_data("arabizi", root=str(tmp_path), train="mine.tsv", valid=None, val_size=20)
+
+
 def test_corpus_vocabularies_and_unknown_characters(tmp_path, monkeypatch):
     data = create_data("arabizi")
     assert data.size("train") == 15682 and data.size("val") == 1936

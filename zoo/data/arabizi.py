@@ -42,13 +42,14 @@ def normalize_target(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
 
 
-def resolve(path: str | os.PathLike, root: str | None = None) -> Path:
-    """A data path: absolute as given; relative ones under ``root`` (env ``ZOO_ARABIZI`` wins), tried from the
-    working dir, then from the repository root (so the default works from any directory of a checkout)."""
+def resolve(path: str | os.PathLike, root: str | None = None, env: bool = True) -> Path:
+    """A data path: absolute as given; relative ones under ``root`` (env ``ZOO_ARABIZI`` wins unless not ``env``),
+    tried from the working dir, then from the repository root (so the default works from any directory of a
+    checkout)."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    folder = os.environ.get("ZOO_ARABIZI") or root
+    folder = (os.environ.get("ZOO_ARABIZI") if env else None) or root
     p = Path(folder).expanduser() / p if folder else p
     if p.is_absolute() or p.exists():
         return p
@@ -157,6 +158,13 @@ class Arabizi(DataModule):
         check_range("limit", limit, 1, allow_none=True)
         self.train_path = resolve(train, root)
         self.valid_path = resolve(valid, root) if valid else None
+        env = os.environ.get("ZOO_ARABIZI")
+        for key, given, path in (("train", train, self.train_path), ("valid", valid, self.valid_path)):
+            if path is not None and not path.is_file() and env and (
+                    not Path(env).expanduser().is_dir() or resolve(given, root, env=False).is_file()):
+                # the env var is what is wrong: a hint to set data.root would send the user where they already are
+                raise ZooError(f"no word-pair file at '{path}' (data.{key}): ZOO_ARABIZI={env} is set and wins "
+                               f"over data.root; point it at the folder of {given}, or unset it")
         pairs = read_pairs(self.train_path)
         if self.valid_path is not None and not self.valid_path.is_file():
             raise ZooError(f"no word-pair file at '{self.valid_path}' (data.valid): expected {FORMAT}; "
@@ -164,7 +172,8 @@ class Arabizi(DataModule):
         self.val_size, self.limit, self.seed = val_size, limit, seed
         if self.valid_path is None:
             if len(pairs) <= val_size:
-                raise ConfigError(f"data.val_size={val_size} leaves no training pairs out of {len(pairs)}")
+                raise ConfigError(f"data.val_size={val_size} leaves no training pairs out of {len(pairs)} in "
+                                  f"'{self.train_path}'; set data.val_size below {len(pairs)}")
             order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
             self._val = [pairs[i] for i in order[:val_size]]
             pairs = [pairs[i] for i in sorted(order[val_size:])]
