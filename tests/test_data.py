@@ -67,3 +67,11 @@ def test_limit_and_binarize(mnist_root):
     x, _ = d.tensors("train")
     assert len(x) == 100 and set(x.unique().tolist()) == {0.0, 1.0}
     assert len(d.full_train()[0]) == 60000
+
+
+def test_gaussian_images_refuse_a_std_without_a_covariance():
+    """std 0 or NaN has no Cholesky factor: one ConfigError on the key, not "could not be loaded" at setup."""
+    for std in (0.0, float("nan"), 1e30):
+        with pytest.raises(ZooError, match=r"data.std=.* must be a standard deviation"):
+            create_data("gaussian", n=10, std=std)
+    assert create_data("gaussian", n=10, std=1e-3).splits["train"][0].isfinite().all()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .base import DataModule, check_range, register_data
 
 
@@ -13,7 +14,8 @@ class GaussianImages(DataModule):
     def __init__(self, size: int = 8, n: int = 20000, std: float = 0.05, corr: float = 0.5, seed: int = 0):
         check_range("size", size, 1, 64)
         check_range("n", n, 10, 10**7)
-        check_range("std", std, 0.0)
+        if not 0 < std <= 1e3:  # 0 has no Cholesky factor ("could not be loaded" later), NaN none either
+            raise ConfigError(f"data.std={std!r} must be a standard deviation in (0, 1000]")
         check_range("corr", corr, 0.0, 1.0)
         self.side, self.n, self.std, self.corr, self.seed = size, n, std, corr, seed
         self.info = {"input_shape": (1, size, size), "num_classes": 0}
