@@ -199,6 +199,17 @@ def test_export_to_safetensors_samples_and_evaluates_like_the_checkpoint(tmp_pat
     assert (from_file["run"], from_run["run"]) == (str(out), str(run))  # the JSON names what was evaluated
 
 
+def test_checkpoint_best_of_a_trained_run_without_one_says_why_not_train_it_first(tmp_path, capsys):
+    for metric, why in (("none", "its train.best_metric is none"), ("val/loss", "before a validation improves")):
+        run = tmp_path / metric.replace("/", "_")
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.pt").write_bytes(b"")  # finding a checkpoint reads no file
+        (run / "config.yaml").write_text(yaml.safe_dump({"train": {"best_metric": metric}}))
+        err = one_line_error(capsys, main(["export", str(run), "-o", str(tmp_path / "w.safetensors"),
+                                           "--checkpoint", "best"]))
+        assert why in err and "--checkpoint last" in err and "train it first" not in err
+
+
 def test_foreign_and_future_checkpoints_are_one_line_errors(tmp_path, capsys):
     run = small_vae(tmp_path)
     ck = ckpt_io.load(run / "checkpoints" / "last.pt")

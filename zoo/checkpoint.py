@@ -290,8 +290,22 @@ def find_checkpoint(run: str | Path, which: str = "last") -> Path:
             ck = d / "checkpoints" / f"{which}.pt"
             if ck.is_file():
                 return ck
+            if which == "best" and (d / "checkpoints" / "last.pt").is_file():  # trained: "train it first" is wrong
+                why = ("its train.best_metric is none" if _best_metric(d) == "none"
+                       else "none is saved before a validation improves train.best_metric")
+                raise ZooError(f"run '{d}' has no checkpoints/best.pt ({why}); use --checkpoint last")
             raise ZooError(f"run '{d}' has no checkpoints/{which}.pt yet; train it first (zoo train ... )")
     raise ZooError(f"run '{run}' not found: pass a run dir (e.g. runs/vae) or a checkpoint .pt file")
+
+
+def _best_metric(run_dir: Path):
+    """The run's train.best_metric from its config.yaml, or None when that cannot be read."""
+    import yaml
+
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())["train"].get("best_metric")
+    except Exception:  # a hand-edited or missing config.yaml: the message then gives the general reason
+        return None
 
 
 def load_run(run: str | Path, device: str | torch.device | None = None, which: str = "last"):
