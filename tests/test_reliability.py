@@ -89,6 +89,14 @@ def test_a_corrupt_last_checkpoint_is_named_and_resume_falls_back_to_an_older_on
     assert "last.pt" in one_line_error(capsys, code)
 
 
+def test_resuming_a_run_killed_before_its_first_checkpoint_says_start_it_anew(tmp_path, capsys):
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)  # what a kill before the first save leaves
+    code = main(["train", str(ROOT / "configs" / "gan1d.yaml"), "--resume", str(run)])
+    err = one_line_error(capsys, code)
+    assert "no checkpoint yet" in err and f"--run-dir {run}" in err and "pass a run dir" not in err
+
+
 def test_resume_refuses_train_keys_that_change_the_numbers_unless_allowed(tmp_path, capsys):
     cfg_path = tmp_path / "g.yaml"
     cfg_path.write_text(yaml.safe_dump(gan1d(max_steps=10)))

@@ -186,6 +186,9 @@ def load_for_resume(run_dir: Path, log=print) -> tuple[dict[str, Any], Path]:
     """last.pt of a run, or, if it is missing or bad, the newest good ``step-N.pt``, saying so."""
     directory = Path(run_dir) / "checkpoints"
     last = directory / "last.pt"
+    if not last.exists() and not any(directory.glob("step-*.pt")):  # load()'s "pass a run dir" would confuse
+        raise ZooError(f"'{run_dir}' holds no checkpoint yet (it stopped before saving one); start it anew with "
+                       f"zoo train CONFIG --run-dir {run_dir}")
     try:
         return load(last), last
     except ZooError as e:
