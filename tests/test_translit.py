@@ -409,7 +409,8 @@ def test_reader_takes_quoted_csv_utf16_and_skips_huge_lines(tmp_path):
         read_pairs(latin)
 
 
-def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys):
+def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ZOO_ARABIZI", raising=False)  # it wins over data.root: the corpus would be found and trained
     with pytest.raises(ZooError, match=r"no word-pair file at '.*nope\.tsv'.*arabizi<TAB>arabic"):
         build_data("arabizi", root=str(tmp_path), train="nope.tsv")
     cfg = tmp_path / "c.yaml"
