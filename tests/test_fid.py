@@ -73,6 +73,17 @@ def test_explicit_evaluator_from_another_recipe_is_flagged(off_recipe_lenet):
     assert any("not from the recipe" in m for m in ctx.messages)
 
 
+def test_the_default_path_named_with_evaluator_is_flagged_not_refused(off_recipe_lenet, tmp_path, monkeypatch):
+    """The refusal says "name it with --evaluator to use it anyway": `--evaluator runs/lenet` must then work."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    shutil.copytree(off_recipe_lenet, tmp_path / fid.DEFAULT_EVALUATOR)
+    ctx, info = Ctx(fid.DEFAULT_EVALUATOR), {}
+    fid.load_evaluator(ctx, info=info)
+    assert info["evaluator_matches_recipe"] is False
+    assert any("not from the recipe" in m for m in ctx.messages)
+
+
 def test_evaluator_trained_by_the_recipe_is_accepted_and_named(off_recipe_lenet, tmp_path, monkeypatch):
     """Make the small evaluator's own config the recipe: the default path then takes it, flagged as matching."""
     recipe = tmp_path / "recipe.yaml"

@@ -107,7 +107,9 @@ def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None, i
     from .config import load_config
 
     run = evaluator_dir(ctx, evaluator)
-    explicit = run != Path(DEFAULT_EVALUATOR)
+    options = getattr(ctx, "options", None) or {}
+    # named by the user (even as runs/lenet, which the refusal below tells them to do): used, but flagged
+    explicit = bool(evaluator or options.get("evaluator") or os.environ.get("ZOO_EVALUATOR"))
     device = device or getattr(ctx, "device", None) or "cpu"
     if not (run / "checkpoints" / "last.pt").is_file() and run.suffix != ".pt":
         _train_evaluator(run, ctx)
