@@ -163,6 +163,17 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys
     assert marker.exists()
 
 
+def test_an_unreadable_checkpoint_gives_torchs_reason_not_its_advice(tmp_path, capsys):
+    """torch wraps why it refused a file (a GLOBAL that would run code, bytes that are no pickle) in advice."""
+    evil, text = tmp_path / "evil.pt", tmp_path / "notes.pt"
+    torch.save({"model_name": "gan1d", "x": Payload(tmp_path / "pwned")}, evil)
+    text.write_text("# not a checkpoint\n")
+    for path in (evil, text):
+        err = one_line_error(capsys, main(["sample", str(path), "-o", str(tmp_path / "s.png")]))
+        assert "Weights only load failed" not in err and "Please file an issue" not in err, err
+        assert "()" not in err and "readable zoo checkpoint (" in err, err
+
+
 def small_vae(tmp_path) -> Path:
     cfg = {"name": "v", "model": {"name": "gaussian_ae", "covariance": "diagonal", "latent_dim": 4},
            "data": {"name": "gaussian", "size": 28, "n": 200},

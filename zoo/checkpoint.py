@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from . import __version__
 from .errors import ZooError
 
 FORMAT = 1
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def rng_state() -> dict[str, Any]:
@@ -151,7 +153,10 @@ def load(path: Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
             KeyError, IndexError, UnicodeDecodeError) as e:  # weights_only refuses code; other errors: not ours
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "error:" in ln.lower()), lines[0] if lines else type(e).__name__)
+        # torch wraps the reason in advice: what follows "error:" (maybe on the next line), else the first other line
+        said = re.search(r"error:\s*(.+?)(?: Check the documentation|$)", " ".join(lines), re.IGNORECASE)
+        plain = [ln for ln in lines if not ln.startswith(TORCH_ADVICE)]
+        why = said.group(1) if said else (plain or lines or [type(e).__name__])[0]
         raise ZooError(f"'{path}' is not a readable zoo checkpoint ({why[:160]}); "
                        "re-train or pick another file") from None
     if not isinstance(ckpt, dict) or "model_name" not in ckpt or "config" not in ckpt:
