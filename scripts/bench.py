@@ -413,7 +413,8 @@ def main() -> None:
     ap.add_argument("--run-seconds", type=float, default=4.0, help="about this many seconds of steps in it")
     ap.add_argument("--no-whole-run", action="store_true")
     ap.add_argument("--kmeans", action="store_true", help="only the kmeans_net vs scikit-learn race")
-    ap.add_argument("--out", type=Path, help="JSON file to write (default: see above)")
+    ap.add_argument("--out", type=Path, help="JSON file to write (default: bench/results.json for every config on "
+                    "CPU without --set, bench/kmeans.json for --kmeans, else runs/bench/TIME.json)")
     ap.add_argument("--profile-run", help=argparse.SUPPRESS)
     ap.add_argument("--phases", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)

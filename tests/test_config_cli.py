@@ -167,3 +167,16 @@ def test_scripts_refuse_meaningless_options_with_status_2(argv, needle, tmp_path
     cmd = [sys.executable, str(root / "scripts" / argv[0]), *(a.format(tmp=tmp_path) for a in argv[1:])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
     assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_bench_help_says_where_results_go():
+    """--help shows only the docstring's first line, so --out's default must be spelt out in its own help."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "bench.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0 and "see above" not in text
+    assert all(p in text for p in ("bench/results.json", "bench/kmeans.json", "runs/bench/TIME.json")), text
