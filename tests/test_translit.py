@@ -430,7 +430,7 @@ def test_errors_blame_a_stale_zoo_arabizi_and_say_how_to_fix_val_size(tmp_path, 
         build_data("arabizi", root=str(tmp_path), train="mine.tsv", valid=None, val_size=20)
 
 
-def test_corpus_vocabularies_and_unknown_characters(tmp_path, monkeypatch):
+def test_corpus_vocabularies_and_unknown_characters(tmp_path, monkeypatch, capsys):
     data = create_data("arabizi")
     assert data.size("train") == 15682 and data.size("val") == 1936
     src_vocab, tgt_vocab = data.info["src_vocab"], data.info["tgt_vocab"]
@@ -449,6 +449,12 @@ def test_corpus_vocabularies_and_unknown_characters(tmp_path, monkeypatch):
     model = create_model("translit_rnn", a.info, emb=8, hidden=8)
     assert model.encode_words(["wé"])[0].tolist() == [[a.info["src_vocab"].index("w"), UNK_ID]]
     assert len(model.transliterate(["wé", "ÿÿ"])) == 2  # unseen characters never crash
+    capsys.readouterr()
+    assert create_data("arabizi", valid="train.tsv").size("val") == 50  # allowed, but said: it measures memory
+    assert "50 of the 50 validation pairs" in capsys.readouterr().err
+    monkeypatch.delenv("ZOO_ARABIZI")
+    create_data("arabizi")  # the corpus's own split shares no source word: nothing to say
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_target_lexicon_holds_the_training_targets_only(tmp_path, monkeypatch):
@@ -558,7 +564,7 @@ def test_translit_command_keeps_lines_aligned(trained, monkeypatch, capsys):
     assert main(["translit", str(run), "ahlan", "--nbest", "4", "--beam", "2"]) == 2
 
 
-def test_eval_reports_accuracy_top5_cer_and_baselines(trained, tmp_path, capsys):
+def test_eval_reports_accuracy_top5_cer_and_baselines(trained, tmp_path, capsys, monkeypatch):
     _, run = trained
     f = tmp_path / "words.tsv"
     f.write_text("arabizi\tarabic\n7mer\tحمير\nahleen\tاهلين\n3ala\tعلى\n", encoding="utf-8")
@@ -567,6 +573,15 @@ def test_eval_reports_accuracy_top5_cer_and_baselines(trained, tmp_path, capsys)
     assert out["n_words"] == 3 and 0 <= out["word_accuracy"] <= out["top5_accuracy"] <= 1 and out["cer"] >= 0
     assert out["baselines"]["rule_based"]["word_accuracy"] == pytest.approx(2 / 3)  # 7mer, ahleen by rule
     assert set(out["baselines"]["nearest_training_word"]) == {"word_accuracy", "cer"}
+    export = tmp_path / "tl.safetensors"  # a shared file and a word list, without the corpus it was trained on
+    assert main(["export", str(run), "-o", str(export)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("ZOO_ARABIZI", str(tmp_path / "no-corpus-here"))
+    assert main(["eval", str(export), "--json", "--data", str(f), "--no-baselines"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["word_accuracy"] == out["word_accuracy"] and "baselines" not in alone
+    assert main(["eval", str(export), "--json", "--data", str(f)]) == 2  # the nearest-word baseline needs it
+    assert "ZOO_ARABIZI" in capsys.readouterr().err
 
 
 def test_baselines_and_edit_distances():

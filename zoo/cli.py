@@ -232,7 +232,10 @@ def evaluate(
     if data_path is not None and not data_path.is_file():
         raise ZooError(f"--data {data_path}: no such file")
     seed_everything(seed)
-    data = create_data(**cfg["data"]).to(dev)
+    if data_path is None:
+        data = create_data(**cfg["data"]).to(dev)
+    else:  # the run's own data only if the model asks for it (its baselines): a checkpoint and a file will do
+        data = _OnDemand(lambda: create_data(**cfg["data"]).to(dev))
     path = find_checkpoint(run, checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     options = {"evaluator": evaluator, "data": data_path, "iw_samples": iw_samples, "views": views}
@@ -256,6 +259,18 @@ def evaluate(
     else:
         for k, v in _flatten(out).items():
             print(f"{k:40s} {v:.6g}" if isinstance(v, float) else f"{k:40s} {v}")
+
+
+class _OnDemand:
+    """A data module built the first time one of its attributes is read."""
+
+    def __init__(self, build):
+        self._build, self._data = build, None
+
+    def __getattr__(self, name):
+        if self._data is None:
+            self._data = self._build()
+        return getattr(self._data, name)
 
 
 def _jsonable(v):

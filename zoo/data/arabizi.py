@@ -190,6 +190,12 @@ class Arabizi(DataModule):
 
     def setup(self) -> Arabizi:
         val = self._val if self._val is not None else read_pairs(self.valid_path)
+        if self._val is None:  # a validation file that repeats training words measures memory, not transfer
+            seen = {s for s, _ in self._train}
+            shared = sum(s in seen for s, _ in val)
+            if shared:
+                print(f"warning: {shared} of the {len(val)} validation pairs in '{self.valid_path}' have a source "
+                      f"word of the training pairs; validation accuracy counts them as if new", file=sys.stderr)
         self._texts = {"train": self._train, "val": val}
         src_v, tgt_v = self.info["src_vocab"], self.info["tgt_vocab"]
         self.splits = {}

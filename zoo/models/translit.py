@@ -587,7 +587,6 @@ class TranslitRNN(ZooModel):
         baselines on the same words."""
         path = ctx.options.get("data")
         pairs = read_pairs(path, log=ctx.log) if path else data.texts("val")
-        train = data.texts("train")
         sources = [s for s, _ in pairs]
         refs = [normalize_target(t) for _, t in pairs]
         k = max(5, self.beam)
@@ -606,7 +605,7 @@ class TranslitRNN(ZooModel):
         if ctx.baselines:
             out["baselines"] = {
                 "rule_based": scores([rule_based(s) for s in sources], refs),
-                "nearest_training_word": scores(nearest_words(sources, train), refs)}
+                "nearest_training_word": scores(nearest_words(sources, data.texts("train")), refs)}
         return out
 
 
