@@ -31,10 +31,14 @@ def full(mnist_root, tmp_path_factory):
     return fit(load_config(small_vae_config(mnist_root)), tmp_path_factory.mktemp("full") / "a")
 
 
-def test_resume_mid_epoch_gives_the_same_losses(mnist_root, tmp_path, full):
+def test_resume_mid_epoch_gives_the_same_losses(mnist_root, tmp_path, full, capsys):
     stopped = fit(load_config(small_vae_config(mnist_root, max_steps=13)), tmp_path / "b")
     assert stopped.metrics["status"] == "stopped" and stopped.metrics["step"] == 13
-    resumed = fit(load_config(small_vae_config(mnist_root)), tmp_path / "b", resume=True)
+    moved = tmp_path / "moved"  # the data moved meanwhile (another disk, another machine): it resumes there
+    moved.symlink_to(Path(mnist_root).resolve(), target_is_directory=True)
+    capsys.readouterr()
+    resumed = fit(load_config(small_vae_config(moved)), tmp_path / "b", resume=True, quiet=False)
+    assert f"data.root is now '{moved}'" in capsys.readouterr().out
     assert resumed.metrics["status"] == "finished"
     assert len(_losses(full)) == 20  # 2 epochs of 10 batches, one logged value each
     assert _losses(resumed) == _losses(full)

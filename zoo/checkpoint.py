@@ -230,12 +230,16 @@ def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool,
         return None, {}
     ck, _ = load_for_resume(run_dir, log)
     changed = check_resumable(ck, cfg, run_dir, allow_changes)
+    was = ck["config"]["data"].get("root")
+    if was != cfg["data"].get("root"):
+        log(f"data.root is now {cfg['data'].get('root')!r} (was {was!r}): resuming on the data found there")
     return ck, {k: (ck["config"]["train"][k], cfg["train"][k]) for k in changed}
 
 
 def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path, allow_changes: bool = False) -> list[str]:
-    """A run resumes only under the model and data it was trained with, and under the same ``train`` keys
-    that decide its numbers unless ``allow_changes``. Returns the changed ``train`` keys (to be recorded)."""
+    """A run resumes only under the model and data it was trained with (``data.root`` may move: the data must
+    then declare what it declared, check_data_info), and under the same ``train`` keys that decide its numbers
+    unless ``allow_changes``. Returns the changed ``train`` keys (to be recorded)."""
     from .config import OPTIMIZER
     from .data.base import COMMON_OPTIONS
 
@@ -244,6 +248,9 @@ def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path, allow_changes:
     train["optimizer"] = {**OPTIMIZER, **train["optimizer"]}
     train["optimizers"] = {g: {**OPTIMIZER, **o} for g, o in (train.get("optimizers") or {}).items()}
     old = {**ck["config"], "data": {**COMMON_OPTIONS, **ck["config"]["data"]}, "train": train}
+    old["data"].pop("root", None)  # where the files are, not what they hold: data moves
+    if "root" in cfg["data"]:
+        old["data"]["root"] = cfg["data"]["root"]
     for section in ("model", "data"):
         if old[section] != cfg[section]:
             diffs = sorted(k for k in set(old[section]) | set(cfg[section])
