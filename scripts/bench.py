@@ -422,7 +422,7 @@ def main() -> None:
     if args.profile_run:
         return profile_run(args.profile_run, args.set, args.steps, args.phases, args.run_dir)
 
-    device = pick_device(args.device)
+    device = pick_device(args.device, what="--device")
     args.out = args.out or default_out(args)
     header = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
               or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),

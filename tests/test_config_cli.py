@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from zoo import cli
@@ -167,6 +168,17 @@ def test_scripts_refuse_meaningless_options_with_status_2(argv, needle, tmp_path
     cmd = [sys.executable, str(root / "scripts" / argv[0]), *(a.format(tmp=tmp_path) for a in argv[1:])]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
     assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA (with one, this runs the bench)")
+def test_bench_on_cuda_without_one_names_its_own_flag():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "bench.py"), "--device", "cuda",
+                           "configs/linear_ae.yaml"], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 2 and done.stderr.startswith("error: --device is 'cuda'"), done.stderr
 
 
 def test_bench_help_says_where_results_go():

@@ -69,6 +69,16 @@ def test_resumed_runs_continue_the_same_tensorboard_curve(tmp_path):
     assert [e.step for e in acc.Scalars("val/d_loss")] == [40, 80]
 
 
+def test_resuming_a_finished_run_says_how_to_train_on_and_touches_nothing(tmp_path):
+    fit(gan1d(epochs=1), tmp_path / "r")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "r").rglob("*"))
+    with pytest.raises(ZooError, match=r"has finished its 1 epochs; .*train\.epochs=11"):
+        fit(gan1d(epochs=1), tmp_path / "r", resume=True)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "r").rglob("*")) == before  # no empty events
+    more = fit(gan1d(epochs=2), tmp_path / "r", resume=True)  # what the message says works
+    assert more.metrics["status"] == "finished" and [e["epoch"] for e in more.metrics["epochs"]] == [0, 1]
+
+
 def test_a_corrupt_last_checkpoint_is_named_and_resume_falls_back_to_an_older_one(tmp_path, capsys):
     reference = fit(gan1d(), tmp_path / "ref")
     fit(gan1d(ckpt_every=5, keep_last=3, max_steps=22), tmp_path / "r")

@@ -403,6 +403,12 @@ def test_reader_takes_quoted_csv_utf16_and_skips_huge_lines(tmp_path):
     huge.write_text("3ala\tعلى\n" + "a" * 200_000 + "\tب\nahlan\tاهلا\n", encoding="utf-8")
     said = []
     assert read_pairs(huge, log=said.append) == want and f"{huge}:2" in said[0]
+    named = tmp_path / "n.csv"  # a header of other names is no word pair either
+    named.write_text("source,target\n" + "".join(f"{s},{t}\n" for s, t in want), encoding="utf-8")
+    assert read_pairs(named) == want
+    plain = tmp_path / "p.csv"  # but a first pair in the same script as the others stays
+    plain.write_text("source,target\nlatin,words\n", encoding="utf-8")
+    assert read_pairs(plain) == [("source", "target"), ("latin", "words")]
     latin = tmp_path / "l.tsv"
     latin.write_bytes("café\tx\n".encode("latin-1"))
     with pytest.raises(ZooError, match="is not UTF-8 text.*save it as UTF-8"):

@@ -230,10 +230,23 @@ def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool,
         return None, {}
     ck, _ = load_for_resume(run_dir, log)
     changed = check_resumable(ck, cfg, run_dir, allow_changes)
+    t = cfg["train"]
+    if ck["epoch"] >= t["epochs"] and not ck["batch_in_epoch"] and _finished(run_dir):
+        # nothing left to train; going on would only redo the end-of-run artifacts and add an empty events file
+        raise ZooError(f"'{run_dir}' has finished its {ck['epoch']} epochs; to train on, resume it with more, "
+                       f"e.g. train.epochs={ck['epoch'] + 10}")
     was = ck["config"]["data"].get("root")
     if was != cfg["data"].get("root"):
         log(f"data.root is now {cfg['data'].get('root')!r} (was {was!r}): resuming on the data found there")
     return ck, {k: (ck["config"]["train"][k], cfg["train"][k]) for k in changed}
+
+
+def _finished(run_dir: Path) -> bool:
+    """metrics.json says the run ended normally (a run stopped before its end-of-run work says otherwise)."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_resumable(ck: dict[str, Any], cfg: dict, run_dir: Path, allow_changes: bool = False) -> list[str]:
