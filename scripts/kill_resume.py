@@ -52,6 +52,13 @@ def final_state(run_dir: Path) -> tuple[dict, list]:
     return ck["model"], history
 
 
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def kill_and_resume(config: str, overrides: list[str], kills: int, seed: int, workdir: Path,
                     log=print) -> dict:
     rng = random.Random(seed)
@@ -71,6 +78,8 @@ def kill_and_resume(config: str, overrides: list[str], kills: int, seed: int, wo
     targets = sorted(rng.sample(range(1, total), kills))
     survived, launches = 0, 0
     while True:
+        if survived >= kills and _status(run_dir) == "finished":
+            break  # the last kill came after the run's end: a resume would be refused, and is not needed
         started = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt"))
         cmd = zoo("train", config, *overrides, "--quiet", *(["--resume", str(run_dir)] if started
                                                             else ["--run-dir", str(run_dir)]))
