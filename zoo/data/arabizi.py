@@ -78,7 +78,7 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
         raise ZooError(f"'{path}' is not {name} text (byte {e.start}); save it as UTF-8: expected {FORMAT}") from None
     lines = text.splitlines()
     delim = "\t" if any("\t" in ln for ln in lines[:50]) else ","
-    pairs, bad, first = [], [], None
+    pairs, bad, first_row = [], [], None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue  # blank lines are not malformed
@@ -91,13 +91,13 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
             bad.append(number)
             continue
         src, tgt = normalize_source(row[0]), normalize_target(row[1])
-        if not pairs and not bad and first is None:  # the file's first line
-            first = src
+        if first_row is None and not bad:  # the file's first line
+            first_row = (src, tgt)
             if src == "arabizi":
                 continue  # the corpus's header
         pairs.append((src, tgt))
     rest = [t for _, t in pairs[1:]]
-    if pairs and pairs[0][0] == first and pairs[0][1].isascii() and \
+    if pairs and pairs[0] == first_row and pairs[0][1].isascii() and \
             sum(not t.isascii() for t in rest) > 0.9 * len(rest):
         pairs = pairs[1:]  # names in Latin letters above words in another script: a header, not a pair
     shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
