@@ -69,6 +69,17 @@ def test_resumed_runs_continue_the_same_tensorboard_curve(tmp_path):
     assert [e.step for e in acc.Scalars("val/d_loss")] == [40, 80]
 
 
+def test_a_resume_between_log_points_logs_the_same_means_as_an_uninterrupted_run(tmp_path):
+    """A log point averages the steps since the previous one; those read before a stop travel in last.pt, so the
+    first log point after a resume is not the mean of the resumed steps alone."""
+    reference = fit(gan1d(log_every=6), tmp_path / "ref")
+    fit(gan1d(log_every=6, max_steps=15), tmp_path / "r")  # mid-window
+    fit(gan1d(log_every=6, max_steps=38), tmp_path / "r", resume=True)  # after the epoch's last log point
+    resumed = fit(gan1d(log_every=6), tmp_path / "r", resume=True)
+    assert [h["step"] for h in reference.metrics["history"]][:3] == [6, 12, 18]
+    assert resumed.metrics["history"] == reference.metrics["history"]
+
+
 def test_resuming_a_finished_run_says_how_to_train_on_and_touches_nothing(tmp_path):
     fit(gan1d(epochs=1), tmp_path / "r")
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "r").rglob("*"))

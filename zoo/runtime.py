@@ -154,7 +154,7 @@ class StepWindow:
         self.marks.append((step, step, epoch, seen, seconds))
 
     def cut(self) -> None:
-        """An epoch starts: the last one's steps after its last log point are checked but not logged."""
+        """An epoch ends: its steps after its last log point are checked but not logged."""
         last = self.entries[-1][0] if self.entries else (self.open[-1][0] if self.open else None)
         if last is not None:
             self.marks.append((last, None, None, None, None))
@@ -188,6 +188,16 @@ class StepWindow:
             i = j
         del self.open[:i]
         self.marks = []
+
+    def held(self) -> list[tuple[int, dict[str, float]]]:
+        """The terms read since the last log point (a checkpoint carries them: the next log point's mean after a
+        resume covers the steps before the stop too). Call after ``take_logs``, which reads every step."""
+        self.read()
+        return [(step, dict(terms)) for step, terms in self.open]
+
+    def restore(self, held) -> None:
+        """Put back what ``held`` returned when the checkpoint was written."""
+        self.open = [(int(step), dict(terms)) for step, terms in held]
 
     def take_logs(self) -> list[tuple[int, int, Any, float, dict[str, float]]]:
         """(step, epoch, seen, seconds, means) of each log point since the last call."""

@@ -115,15 +115,14 @@ class Trainer:
         it carries each rank's RNG states, which an exact resume needs."""
         out = {
             "model_name": self.cfg["model"]["name"], "config": self.cfg, "data_info": self.data.info,
-            "model": ckpt_io.unwrap(self.model).state_dict(),
+            "model": ckpt_io.unwrap(self.model).state_dict(), "scaler": self.scaler.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "scaler": self.scaler.state_dict(),
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}, "window": self.window.held(),
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
             "nonfinite_skips": self.skipped, "rng": ckpt_io.rng_state(), "noise_rng": self.noise.get_state(),
         }
         if self.dist.enabled and all_ranks:
-            out["rank_rng"] = self.dist.gather_object({"rng": out["rng"], "noise_rng": out["noise_rng"]})
+            out["rank_rng"] = self.dist.gather_object({k: out[k] for k in ("rng", "noise_rng", "window")})
         return out
 
     def _restore(self, ck: dict) -> None:
@@ -134,10 +133,11 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
         self.best, self.skipped, self.saved_step = ck["best"], ck.get("nonfinite_skips", 0), ck["step"]
-        ranks = ck.get("rank_rng") or [{"rng": ck["rng"], "noise_rng": ck["noise_rng"]}]
+        ranks = ck.get("rank_rng") or [{"rng": ck["rng"], "noise_rng": ck["noise_rng"], "window": ck.get("window")}]
         if len(ranks) == self.dist.world:
             ckpt_io.set_rng_state(ranks[self.dist.rank]["rng"])
             self.noise.set_state(ranks[self.dist.rank]["noise_rng"])
+            self.window.restore(ranks[self.dist.rank].get("window") or [])  # none in checkpoints of older zoos
         else:
             self.log(f"note: {self.run_dir} was trained by {len(ranks)} process(es) and resumes with "
                      f"{self.dist.world}: it continues, but not with the numbers of an uninterrupted run")
@@ -269,7 +269,6 @@ class Trainer:
             order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch).to(self.device))
             n_batches = self.data.num_batches("train", bs, order)
             bar = Progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{t['epochs']}", not self.quiet)
-            window.cut()
             seen, t0 = 0, time.perf_counter()
             for batch in self.data.batches("train", bs, order=order, skip=self.batch_in_epoch, generator=self.noise,
                                            augment=True):
@@ -307,6 +306,7 @@ class Trainer:
 
     def end_epoch(self) -> None:
         """Epoch bookkeeping: model hook, validation, visuals, schedulers, checkpoints, metrics."""
+        self.window.cut()  # here, not as the next epoch starts: a resume mid-epoch keeps the steps read before it
         try:
             extra = self.model.on_epoch_end(self.epoch)
             self.dist.broadcast_module(self.model, buffers_only=True)  # batch-norm statistics follow rank 0
