@@ -290,6 +290,41 @@ def test_reconstruct_writes_originals_above_their_reconstructions(mnist_root, tm
     assert Image.open(out).size == (4 * 30 + 2, 4 * 30 + 2)  # 16 images in a 4x4 grid of 28 px + 2 px padding
 
 
+@register_model("toy_point_ae", family="toy_autoencoders", description="autoencoder of feature rows (tests only)")
+class ToyPointAE(ZooModel):
+    """A reconstruct-capable model on data whose items are feature rows, not images."""
+
+    def __init__(self, input_shape):
+        super().__init__()
+        self.lin = nn.Linear(input_shape[0], input_shape[0])
+
+    def training_step(self, batch, optimizer="main"):
+        return {"loss": F.mse_loss(self.lin(batch[0]), batch[0])}
+
+    def reconstruct(self, x):
+        return self.lin(x)
+
+    def sample(self, n, generator=None, temperature=1.0):
+        return self.lin(temperature * torch.randn(n, self.lin.in_features, generator=generator))
+
+
+def test_sample_and_reconstruct_of_items_that_are_not_images_is_one_line_not_a_png(tmp_path, capsys):
+    cfg = {"name": "pts", "model": {"name": "toy_point_ae"}, "data": {"name": "toy_regression"},
+           "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "max_steps": 1}}
+    fit(load_config(cfg), tmp_path / "run")
+    capsys.readouterr()
+    for argv in (["sample", str(tmp_path / "run"), "-o", str(tmp_path / "s.png")],
+                 ["reconstruct", str(tmp_path / "run"), "-o", str(tmp_path / "r.png")]):
+        assert main(argv) == 2  # make_grid drew [N, 4] rows as one N x 4 picture
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not images" in err and "(shape (" in err, err
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "r.png").exists()
+    from zoo.visuals import write
+
+    with pytest.raises(TypeError, match=r"visual 'points' is a tensor of shape \(5, 2\)"):
+        write({"points": torch.zeros(5, 2)}, None, 0, None)  # a model's visuals(): named, not a silent picture
+
+
 # ---- the house rules ------------------------------------------------------------------------------------------
 def test_trainer_cli_and_data_base_name_no_model_or_dataset():
     words = {i.name for i in list_models()} | {i.family for i in list_models()} | set(data_names())

@@ -66,6 +66,18 @@ def _writing(out: Path):
         raise ZooError(f"cannot write {out} ({e.strerror or e}); pick another path") from None
 
 
+def _images(t, what: str, cfg: dict):
+    """What ``zoo sample``/``reconstruct`` draw must be images; points or sequences are one line, not a PNG of
+    numbers."""
+    from .visuals import is_image_batch
+
+    if not is_image_batch(t):
+        raise ZooError(f"{what} of model '{cfg['model']['name']}' on data '{cfg['data']['name']}' are not images "
+                       f"[N, C, H, W] with 1 or 3 channels (shape {tuple(t.shape)}), so there is no PNG grid to "
+                       f"write; use zoo eval")
+    return t
+
+
 def require(model, capability: str, cfg: dict) -> None:
     """One line when a run's model lacks what the command needs."""
     if not callable(getattr(model, capability, None)):
@@ -152,6 +164,7 @@ def sample(
     _output(out)
     extra = {"prior": _prior(model, prior, cfg)} if prior else {}
     images = model.sample(n, generator=torch.Generator().manual_seed(seed), temperature=temperature, **extra)
+    _images(images, "the samples", cfg)
     with _writing(out):
         save_png(images, out)
     print(f"wrote {n} samples to {out}")
@@ -189,9 +202,12 @@ def reconstruct(
     require(model, "reconstruct", cfg)
     _output(out)
     data = create_data(**cfg["data"])
-    x = next(data.batches("test", n, generator=torch.Generator().manual_seed(seed)))[0].to(model.device)
-    with torch.no_grad(), _writing(out):
-        save_png(torch.cat([x, model.reconstruct(x)]), out)
+    x = _images(next(data.batches("test", n, generator=torch.Generator().manual_seed(seed)))[0], "the test items",
+                cfg).to(model.device)
+    with torch.no_grad():
+        pair = torch.cat([x, _images(model.reconstruct(x), "the reconstructions", cfg)])
+    with _writing(out):
+        save_png(pair, out)
     print(f"wrote {n} test items and their reconstructions to {out}")
 
 

@@ -13,9 +13,17 @@ from typing import Any, Sequence
 import torch
 
 
+def is_image_batch(t) -> bool:
+    """A batch of images [N, C, H, W] with 1 (grey) or 3 (RGB) channels: what a grid can show."""
+    return isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] in (1, 3)
+
+
 def to_image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     from torchvision.utils import make_grid
 
+    if not is_image_batch(images):  # make_grid would draw [N, D] points as one N x D picture, silently
+        raise TypeError(f"an image grid needs a tensor [N, C, H, W] with 1 or 3 channels, got shape "
+                        f"{tuple(images.shape)}")
     images = images.detach().float().cpu().clamp(0, 1)
     return make_grid(images, nrow=nrow or max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
 
@@ -53,6 +61,9 @@ def write(items: dict[str, Any], writer, step: int, directory: Path | None, suff
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / f"{name}{suffix}.txt").write_text(v + "\n", encoding="utf-8")
         elif isinstance(v, torch.Tensor):
+            if not is_image_batch(v):
+                raise TypeError(f"visual '{name}' is a tensor of shape {tuple(v.shape)}: give images [N, C, H, W] "
+                                f"with 1 or 3 channels, a figure or a str")
             writer.add_image(name, to_image_grid(v), step)
             if directory is not None and image_files:
                 save_png(v, directory / f"{name}{suffix}.png")
