@@ -44,6 +44,9 @@ BAD = [
     (["model.latent_dim=null"], "'model.latent_dim' must be an integer, got null"),
     (["train.grad_clip=-1"], "train.grad_clip"),  # would flip every gradient
     (["data=[1]"], "'data' must be a mapping"),
+    (["train.scheduler.name=step", "train.scheduler.step_size=0"], "train.scheduler.step_size"),  # 1 % 0 after
+    (["train.scheduler.name=exponential", "train.scheduler.gamma=-0.5"], "train.scheduler.gamma"),  # an epoch
+    (["train.scheduler.min_lr=-1"], "train.scheduler.min_lr"),  # a negative rate: gradient ascent
 ]
 
 

@@ -56,9 +56,10 @@ CHOICES = {
     "train.on_nonfinite": ("stop", "skip"),
 }
 NULLABLE = {"train.max_steps": 0, "train.grad_clip": 0.0}  # null, or a value of this type
-POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps", "train.keep_last")
+POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps", "train.keep_last",
+            "train.scheduler.step_size", "train.scheduler.gamma")  # step_size 0 divides by zero; gamma <= 0: lr <= 0
 NON_NEGATIVE = ("train.log_every", "train.ckpt_every", "train.optimizer.lr", "train.optimizer.weight_decay",
-                "train.optimizer.momentum", "train.seed")
+                "train.optimizer.momentum", "train.seed", "train.scheduler.min_lr")
 
 
 def _type_ok(value, default) -> bool:
