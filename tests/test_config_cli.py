@@ -47,6 +47,9 @@ BAD = [
     (["train.scheduler.name=step", "train.scheduler.step_size=0"], "train.scheduler.step_size"),  # 1 % 0 after
     (["train.scheduler.name=exponential", "train.scheduler.gamma=-0.5"], "train.scheduler.gamma"),  # an epoch
     (["train.scheduler.min_lr=-1"], "train.scheduler.min_lr"),  # a negative rate: gradient ascent
+    (["train.optimizer.momentum=0.9"], "'train.optimizer.momentum' is for sgd"),  # adam ignored it
+    (["train.optimizers={g: {momentum: 0.5}}"], "'train.optimizers.g.momentum' is for sgd"),
+    (["train.scheduler.name=exponential", "train.scheduler.min_lr=0.01"], "cosine schedule only"),  # no floor
 ]
 
 

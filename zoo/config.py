@@ -161,6 +161,13 @@ def _validate_values(cfg: dict) -> None:
         betas = get(f"{section}.betas")
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"'{section}.betas' must be two numbers in [0, 1), got {betas}")
+        if get(f"{section}.momentum") and get(f"{section}.name") != "sgd":  # else silently unused
+            raise ConfigError(f"'{section}.momentum' is for sgd; {get(f'{section}.name')} takes its momentum from "
+                              f"'{section}.betas' (the first value): set momentum to 0 or use sgd")
+    scheduler = cfg["train"]["scheduler"]
+    if scheduler["min_lr"] and scheduler["name"] != "cosine":  # step and exponential have no floor
+        raise ConfigError(f"'train.scheduler.min_lr' is for the cosine schedule only, not {scheduler['name']!r}; "
+                          f"drop it or use cosine")
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
