@@ -192,3 +192,26 @@ def test_more_epochs_on_resume_stretch_the_cosine_instead_of_training_at_its_end
         opt.step(), cosine.step()
         seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.8 * (1 + math.cos(math.pi * t / 4)) / 2 for t in (2, 3, 4)], abs=1e-12)
+
+
+def _hparams(run: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    values = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    return {k: getattr(v, v.WhichOneof("kind")) for k, v in values.items()}
+
+
+def test_hparams_name_the_schedule_and_each_groups_optimizer(tmp_path):
+    cfg = {"name": "h", "model": {"name": "gan1d", "width": 8, "depth": 1}, "data": {"name": "triangle1d", "n": 2000},
+           "train": {"epochs": 1, "batch_size": 1000, "device": "cpu", "best_metric": "none",
+                     "optimizer": {"name": "adam", "lr": 1e-3}, "optimizers": {"d": {"name": "sgd", "lr": 0.25}},
+                     "scheduler": {"name": "step", "step_size": 3, "gamma": 0.5}}}
+    fit(load_config(cfg), tmp_path / "run")
+    hp = _hparams(tmp_path / "run")  # the GAN's D trained with sgd at 0.25: the summary must say so
+    assert hp["train.optimizers.d.name"] == "sgd" and hp["train.optimizers.d.lr"] == 0.25
+    assert hp["train.scheduler.name"] == "step" and hp["train.scheduler.gamma"] == 0.5
+    assert hp["train.optimizer.lr"] == pytest.approx(1e-3) and hp["model.width"] == 8 and "model.name" not in hp

@@ -251,13 +251,16 @@ class RunLog:
         from torch.utils.tensorboard.summary import hparams
 
         flat = {"model": self.cfg["model"]["name"]}
-        for section in ("model", "train"):
-            for k, v in self.cfg[section].items():
-                if isinstance(v, (int, float, str, bool)) and k != "name":
-                    flat[f"{section}.{k}"] = v
-            for k, v in (self.cfg[section].get("optimizer") or {}).items():
-                if isinstance(v, (int, float, str)):
-                    flat[f"{section}.optimizer.{k}"] = v
+
+        def add(prefix: str, node: dict) -> None:  # nested sections too: optimizer, scheduler, optimizers.GROUP
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    add(f"{prefix}.{k}", v)
+                elif isinstance(v, (int, float, str, bool)) and f"{prefix}.{k}" != "model.name":
+                    flat[f"{prefix}.{k}"] = v
+
+        add("model", self.cfg["model"])
+        add("train", self.cfg["train"])
         last = self.epochs[-1] if self.epochs else {}
         metrics = {f"hparam/{k}": v for k, v in last.items() if k.startswith("val/")}
         for summary in hparams(flat, metrics):
