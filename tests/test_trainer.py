@@ -215,3 +215,19 @@ def test_hparams_name_the_schedule_and_each_groups_optimizer(tmp_path):
     assert hp["train.optimizers.d.name"] == "sgd" and hp["train.optimizers.d.lr"] == 0.25
     assert hp["train.scheduler.name"] == "step" and hp["train.scheduler.gamma"] == 0.5
     assert hp["train.optimizer.lr"] == pytest.approx(1e-3) and hp["model.width"] == 8 and "model.name" not in hp
+
+
+def test_lr_curve_shows_the_rate_each_epoch_trained_at(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = {"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+           "data": {"name": "homework", "problem": "hw6_q1a"},
+           "train": {"epochs": 3, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.8}, "device": "cpu",
+                     "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5}}}
+    tr = fit(load_config(cfg), tmp_path / "run")
+    acc = EventAccumulator(str(tmp_path / "run"))
+    acc.Reload()
+    steps = [e["step"] for e in tr.metrics["epochs"]]
+    # epoch e (ending at steps[e]) trained at 0.8 * 0.5^e; the rate set for after the last epoch is never used
+    assert [e.step for e in acc.Scalars("lr/main")] == steps
+    assert [e.value for e in acc.Scalars("lr/main")] == pytest.approx([0.8 * 0.5 ** e for e in range(3)])

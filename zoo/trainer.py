@@ -319,9 +319,9 @@ class Trainer:
         key = self.cfg["train"]["best_metric"]
         _check_metric(key, [k for k in row if k not in ("epoch", "step")])
         self.runlog.epoch_row(row)
-        for s in self.schedulers.values():
-            s.step()
         self.runlog.scalars({f"lr/{n}": o.param_groups[0]["lr"] for n, o in self.optimizers.items()}, self.step)
+        for s in self.schedulers.values():  # after the lr/ point: it shows the rate this epoch's steps took
+            s.step()
         self.log_visuals(self.epoch)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         if key in row and row[key] < self.best:
