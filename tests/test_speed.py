@@ -14,6 +14,7 @@ import torch
 from conftest import small_vae_config
 from zoo import checkpoint as ckpt_io
 from zoo.config import load_config
+from zoo.errors import ConfigError
 from zoo.registry import create_model
 from zoo.runtime import StepWindow, StopRequests, set_threads
 from zoo.trainer import Trainer, fit
@@ -326,3 +327,13 @@ def test_the_three_bench_loops_train_on_the_same_batches_with_the_same_epoch_len
 
     mnist = bench.DataLoaderLoop(lenet_config(mnist_root), cpu)  # torchvision's 60k images, a 256-image split
     assert mnist.data.size("train") == 256 and len(mnist.loader) == 256 // 32
+
+
+def test_a_compiled_step_with_a_gradient_penalty_is_refused_in_one_line(tmp_path):
+    cfg = load_config({"name": "c", "model": {"name": "gan1d", "width": 8, "depth": 1, "r1": 1.0},
+                       "data": {"name": "triangle1d", "n": 2000},
+                       "train": {"epochs": 1, "batch_size": 1000, "device": "cpu", "compile": "default",
+                                 "best_metric": "none"}})
+    with pytest.raises(ConfigError, match="train.compile=default cannot run this model's training step"):
+        fit(cfg, tmp_path / "r")  # R1 differentiates D's gradient: double backward, which compiled steps lack
+    assert not (tmp_path / "r").exists()  # a config error in the first epoch leaves no run dir

@@ -93,6 +93,16 @@ def prepare_model(model: torch.nn.Module, t: dict, device: torch.device) -> torc
     return model
 
 
+def compile_refusal(error: RuntimeError, mode: str) -> ConfigError | None:
+    """The one-line error for a step ``torch.compile`` cannot run, or None for any other failure. A step that
+    differentiates a gradient (a gradient penalty such as R1) needs double backward, which compiled steps lack."""
+    if mode != "none" and "double backward" in str(error):
+        return ConfigError(f"train.compile={mode} cannot run this model's training step: it differentiates a "
+                           f"gradient (a gradient penalty), which torch.compile does not support; use "
+                           f"train.compile=none, or switch the penalty off")
+    return None
+
+
 def set_threads(local_world: int) -> None:
     """CPU threads: an explicit OMP_NUM_THREADS or an earlier ``torch.set_num_threads`` is respected; several
     processes on one machine (torchrun) share its cores instead of each taking all of them."""

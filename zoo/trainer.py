@@ -22,7 +22,7 @@ from .errors import ConfigError, ZooError, suggest
 from .optim import apply_update, build_optimizers, restore_schedulers
 from .registry import create_model
 from .runlog import Progress, RunLog, new_run_dir
-from .runtime import StepWindow, StopRequests, autocast, pick_device, prepare_model, seed_everything
+from .runtime import StepWindow, StopRequests, autocast, compile_refusal, pick_device, prepare_model, seed_everything
 
 
 def _check_metric(key: str, names: list[str]) -> None:
@@ -274,9 +274,9 @@ class Trainer:
                                            augment=True):
                 try:
                     terms = self.train_step(batch)
-                except RuntimeError:  # a model that fails on weights a NaN reached: report the NaN, not this
+                except RuntimeError as e:  # a model that fails on weights a NaN reached: report the NaN, not this
                     self.check_finite()
-                    raise
+                    raise compile_refusal(e, t["compile"]) or e  # or a step torch.compile cannot run: say so
                 self.step += 1
                 self.model.on_train_batch_end(self.step)
                 self.batch_in_epoch += 1
