@@ -231,3 +231,24 @@ def test_lr_curve_shows_the_rate_each_epoch_trained_at(tmp_path):
     # epoch e (ending at steps[e]) trained at 0.8 * 0.5^e; the rate set for after the last epoch is never used
     assert [e.step for e in acc.Scalars("lr/main")] == steps
     assert [e.value for e in acc.Scalars("lr/main")] == pytest.approx([0.8 * 0.5 ** e for e in range(3)])
+
+
+def test_best_mode_max_keeps_the_highest_value_and_a_changed_mode_restarts_the_best(tmp_path):
+    cfg = {"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+           "data": {"name": "homework", "problem": "hw6_q1a"},
+           "train": {"epochs": 3, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.01}, "device": "cpu",
+                     "best_metric": "val/loss"}}
+    best = tmp_path / "max" / "checkpoints" / "best.pt"
+    for mode in ("min", "max"):
+        cfg["train"]["best_mode"] = mode
+        tr = fit(load_config(cfg), tmp_path / mode)
+        losses = [e["val/loss"] for e in tr.metrics["epochs"]]
+        assert losses[0] > losses[1] > losses[2]  # training lowers the loss: min and max pick different epochs
+        kept = ckpt_io.load(tmp_path / mode / "checkpoints" / "best.pt")
+        assert (kept["epoch"], tr.metrics["best"]) == ((3, min(losses)) if mode == "min" else (1, max(losses)))
+    # resumed under the other mode, the saved best (a maximum) must not block the minimum from being kept
+    cfg["train"].update(best_mode="min", epochs=4)
+    said = []
+    metrics = Trainer(load_config(cfg), tmp_path / "max", resume=True, quiet=True, log=said.append).fit()
+    assert any("val/loss (min), was val/loss (max)" in s for s in said)
+    assert ckpt_io.load(best)["epoch"] == 4 and metrics["best"] == metrics["epochs"][-1]["val/loss"]

@@ -211,7 +211,7 @@ def load_for_resume(run_dir: Path, log=print) -> tuple[dict[str, Any], Path]:
 #: ``train`` keys that only change how long or how often (or where) a run goes: a resume may change them.
 #: Any other ``train`` key changes the numbers (seed, batch size, optimizer, schedule, precision...).
 RESUMABLE_TRAIN_KEYS = ("epochs", "max_steps", "log_every", "ckpt_every", "keep_last", "eval_batch_size",
-                        "best_metric", "device", "on_nonfinite", "compile", "channels_last",
+                        "best_metric", "best_mode", "device", "on_nonfinite", "compile", "channels_last",
                         "cudnn_benchmark")
 
 

@@ -41,7 +41,8 @@ TRAIN = {
     "max_steps": None,  # stop (with a checkpoint) after this many steps: quick runs, kill-and-resume tests
     "eval_batch_size": 1000,
     "grad_clip": None,
-    "best_metric": "val/loss",  # lower is better; best.pt tracks it
+    "best_metric": "val/loss",  # best.pt tracks it; none: no best.pt
+    "best_mode": "min",  # min: lower is better (losses, errors); max: higher is better (accuracies)
     "keep_last": 2,  # step-N.pt checkpoints kept; --resume falls back to an older one if last.pt is bad
     "on_nonfinite": "stop",  # a NaN/inf loss term: stop (keeping the last good checkpoint) or skip the batch
 }
@@ -54,6 +55,7 @@ CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
     "train.on_nonfinite": ("stop", "skip"),
+    "train.best_mode": ("min", "max"),
 }
 NULLABLE = {"train.max_steps": 0, "train.grad_clip": 0.0}  # null, or a value of this type
 POSITIVE = ("train.epochs", "train.batch_size", "train.eval_batch_size", "train.max_steps", "train.keep_last",

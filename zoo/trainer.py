@@ -64,7 +64,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=t["precision"] == "fp16")
         self.autocast = autocast(self.device, t["precision"])  # one context, entered once per step
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
-        self.epoch, self.step, self.batch_in_epoch, self.saved_step, self.best = 0, 0, 0, None, math.inf
+        self.epoch, self.step, self.batch_in_epoch, self.saved_step = 0, 0, 0, None
+        self.best = math.inf if t["best_mode"] == "min" else -math.inf  # no epoch yet: the first one improves
         self.window = StepWindow()  # no host sync inside a step; log points read together, <= 1 s later
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
@@ -132,7 +133,14 @@ class Trainer:
         restore_schedulers(self.schedulers, ck["schedulers"], self.cfg["train"]["epochs"])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
-        self.best, self.skipped, self.saved_step = ck["best"], ck.get("nonfinite_skips", 0), ck["step"]
+        self.skipped, self.saved_step = ck.get("nonfinite_skips", 0), ck["step"]
+        was, now = ((c["train"].get("best_metric"), c["train"].get("best_mode", "min"))  # no mode saved: min
+                    for c in (ck["config"], self.cfg))
+        if was == now:
+            self.best = ck["best"]
+        else:  # the saved best is another metric's (or the other way round): best.pt restarts with this run
+            self.log(f"train.best_metric is now {now[0]} ({now[1]}), was {was[0]} ({was[1]}): best.pt tracks the "
+                     "new one from the next epoch")
         ranks = ck.get("rank_rng") or [{"rng": ck["rng"], "noise_rng": ck["noise_rng"], "window": ck.get("window")}]
         if len(ranks) == self.dist.world:
             ckpt_io.set_rng_state(ranks[self.dist.rank]["rng"])
@@ -324,7 +332,7 @@ class Trainer:
             s.step()
         self.log_visuals(self.epoch)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        if key in row and row[key] < self.best:
+        if key in row and (row[key] < self.best if self.cfg["train"]["best_mode"] == "min" else row[key] > self.best):
             self.best = row[key]
             self.save("best")
         self.save()
