@@ -49,6 +49,7 @@ BAD = [
     (["train.scheduler.min_lr=-1"], "train.scheduler.min_lr"),  # a negative rate: gradient ascent
     (["train.optimizer.momentum=0.9"], "'train.optimizer.momentum' is for sgd"),  # adam ignored it
     (["train.optimizers={g: {momentum: 0.5}}"], "'train.optimizers.g.momentum' is for sgd"),
+    (["train.optimizer.name=sgd", "train.optimizer.momentum=1.5"], "momentum' must be in"),  # diverges
     (["train.scheduler.name=exponential", "train.scheduler.min_lr=0.01"], "cosine schedule only"),  # no floor
 ]
 
