@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -271,7 +270,9 @@ def evaluate(
                 key = "generative" if i == 0 else f"generative_{prior}_prior"
                 out[key] = generative_metrics(model, data, ctx, prior=prior)
     if as_json:
-        print(json.dumps(out, default=_jsonable))
+        from .runlog import strict_json
+
+        print(strict_json(out))
     else:
         for k, v in _flatten(out).items():
             print(f"{k:40s} {v:.6g}" if isinstance(v, float) else f"{k:40s} {v}")
@@ -287,12 +288,6 @@ class _OnDemand:
         if self._data is None:
             self._data = self._build()
         return getattr(self._data, name)
-
-
-def _jsonable(v):
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return str(v)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -164,7 +164,8 @@ def _validate_values(cfg: dict) -> None:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"'{section}.betas' must be two numbers in [0, 1), got {betas}")
         if get(f"{section}.momentum") >= 1:  # the velocity never forgets a gradient: steps grow without bound
-            raise ConfigError(f"'{section}.momentum' must be in [0, 1) (0.9 is usual), got {get(f'{section}.momentum')}")
+            raise ConfigError(f"'{section}.momentum' must be in [0, 1) (0.9 is usual), "
+                              f"got {get(f'{section}.momentum')}")
         if get(f"{section}.momentum") and get(f"{section}.name") != "sgd":  # else silently unused
             raise ConfigError(f"'{section}.momentum' is for sgd; {get(f'{section}.name')} takes its momentum from "
                               f"'{section}.betas' (the first value): set momentum to 0 or use sgd")

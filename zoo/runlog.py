@@ -23,6 +23,23 @@ from .config import dump
 from .errors import ZooError
 
 
+def strict_json(value: Any, **kwargs) -> str:
+    """JSON that any parser reads: a NaN or infinite float (a diverged loss, a metric with nothing to average)
+    becomes null, where Python's default writes NaN/Infinity, which jq, JavaScript and pandas' strict mode refuse.
+    Arrays (``tolist``) become lists, anything else its string."""
+    def clean(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "tolist"):
+            return clean(v.tolist())
+        return v if v is None or isinstance(v, (str, int, bool)) else str(v)
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
+
+
 class _NoWriter:
     """What ranks other than 0 log to: nothing."""
 
@@ -240,7 +257,7 @@ class RunLog:
                "epochs": self.epochs, "history": self.history}
         if self.enabled:
             tmp = self.run_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(out, indent=1))
+            tmp.write_text(strict_json(out, indent=1))
             os.replace(tmp, self.run_dir / "metrics.json")
         return out
 
