@@ -325,6 +325,23 @@ def test_on_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path):
     assert torch.isfinite(tr.model.w).all() and tr.model.w.abs().sum() > 0
 
 
+def test_metrics_json_and_eval_json_stay_strict_json_when_a_value_is_not_finite(tmp_path):
+    from zoo.runlog import RunLog, strict_json
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    (tmp_path / "r").mkdir()
+    log = RunLog(tmp_path / "r", {"name": "n", "model": {"name": "m"}})
+    log.epochs.append({"epoch": 1, "step": 4, "val/loss": float("inf"), "val/acc": float("nan"), "val/n": 3})
+    log.metrics("failed", 1, 4, 2.5)  # jq, JavaScript and pandas refuse NaN/Infinity: null instead
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text(), parse_constant=refuse)
+    assert written["epochs"] == [{"epoch": 1, "step": 4, "val/loss": None, "val/acc": None, "val/n": 3}]
+    assert written["best"] == 2.5
+    text = strict_json({"cer": float("-inf"), "k": (1, float("nan")), "w": torch.tensor([0.5, 2.0]), "ok": True})
+    assert json.loads(text, parse_constant=refuse) == {"cer": None, "k": [1, None], "w": [0.5, 2.0], "ok": True}
+
+
 # ---- run dirs that cannot be written -----------------------------------------------------------------------------
 def test_an_unwritable_run_dir_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
