@@ -91,6 +91,7 @@ def run_cli(capsys, *argv):
     ["sample", "README.md", "-n", "0"],
     ["list", "nothing-matches-*"],
     ["config", "show", "configs/vae.yaml", "model.covariance=5"],
+    ["config", "show", "configs/vae.yaml", "model.latent_dim=-3", "--check"],  # a value the constructor refuses
     ["frobnicate"],
     ["train"],
     [],
@@ -116,6 +117,10 @@ def test_config_show_prints_every_default(capsys):
     cfg = yaml.safe_load(out)
     assert code == 0 and cfg["train"]["epochs"] == 3 and cfg["model"]["latent_dim"] == 16
     assert cfg["train"]["optimizer"]["weight_decay"] == 0.0 and cfg["model"]["init_std"] == 0.1  # not in the file
+    # only the model's constructor knows latent_dim's range: --check builds it (and the data's declaration)
+    assert run_cli(capsys, "config", "show", "configs/vae.yaml", "model.latent_dim=-3")[0] == 0
+    code, out, _ = run_cli(capsys, "config", "show", "configs/vae.yaml", "model.latent_dim=5", "--check")
+    assert code == 0 and yaml.safe_load(out)["model"]["latent_dim"] == 5
 
 
 def test_list_with_wildcards(capsys):

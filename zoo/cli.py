@@ -411,11 +411,20 @@ def list_cmd(pattern: str = typer.Argument("*", help="shell-style pattern, e.g. 
 def config_show(
     config: Path = typer.Argument(..., help="YAML config"),
     overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides"),
+    check: bool = typer.Option(False, "--check", help="also build the data's declaration and the model, so values "
+                               "only a constructor can judge (model.latent_dim=-3) are refused as zoo train would"),
 ):
     """Print the resolved config, with every default filled in."""
     from .config import dump, load_config
 
-    print(dump(load_config(config, overrides or [])), end="")
+    cfg = load_config(config, overrides or [])
+    if check:  # what zoo train builds before its first step, without a run dir, a device or the data's tensors
+        from .data import build_data
+        from .registry import create_model
+
+        info = build_data(**cfg["data"]).info
+        create_model(cfg["model"]["name"], info, **{k: v for k, v in cfg["model"].items() if k != "name"})
+    print(dump(cfg), end="")
 
 
 @app.command()
