@@ -204,3 +204,25 @@ def test_bench_help_says_where_results_go():
     text = " ".join(done.stdout.split())
     assert done.returncode == 0 and "see above" not in text
     assert all(p in text for p in ("bench/results.json", "bench/kmeans.json", "runs/bench/TIME.json")), text
+
+
+def test_dry_run_trains_two_steps_through_the_epoch_end_and_keeps_no_run_dir(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+        "data": {"name": "homework", "problem": "hw6_q1a"},
+        "train": {"epochs": 50, "batch_size": 1, "optimizer": {"name": "sgd", "lr": 0.01}, "device": "cpu"}}))
+    seen = []
+    real_end = __import__("zoo.trainer", fromlist=["Trainer"]).Trainer.end_epoch
+    monkeypatch.setattr("zoo.trainer.Trainer.end_epoch", lambda self: (seen.append(self.step), real_end(self))[1])
+    code, out, _ = run_cli(capsys, "train", str(cfg), "--dry-run", "-q")
+    # 50 epochs of 1-item batches asked for; one epoch of 2 steps ran, its end too, and nothing is left behind
+    assert code == 0 and seen == [2] and "dry run passed" in out and "2 training step(s)" in out
+    assert not (tmp_path / "runs").exists() and not list((tmp_path / "tmp").glob("zoo-dry-run-*"))
+    code, _, err = run_cli(capsys, "train", str(cfg), "--dry-run", "--resume", str(tmp_path))
+    assert code == 2 and "drop --resume" in err

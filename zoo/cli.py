@@ -112,12 +112,19 @@ def train(
     allow_changes: bool = typer.Option(False, "--allow-changes",
                                        help="resume even though train keys that change the numbers differ "
                                             "(recorded in the run dir's changes.yaml)"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="smoke-test the config in seconds: 2 training steps, 2 validation batches, "
+                                      "the epoch end and a checkpoint loaded back alone, in a dir then deleted"),
 ):
     """Train a model from a YAML config (on CUDA when present, else CPU)."""
     from .config import load_config
     from .trainer import fit
 
     cfg = load_config(config, overrides or [])
+    if dry_run:
+        if resume is not None or run_dir is not None:
+            raise ZooError("--dry-run trains a throwaway run in a temporary dir; drop --resume/--run-dir")
+        return _dry_run(cfg, quiet)
     if resume is not None and run_dir is not None and Path(resume) != Path(run_dir):
         raise ZooError("give either --resume RUN_DIR or --run-dir DIR, not two different dirs")
     target = resume or run_dir
@@ -137,6 +144,35 @@ def train(
             print(f"continue with: {again} train {trainer.run_dir / 'config.yaml'} --resume {trainer.run_dir}",
                   file=sys.stderr)
         raise Exit(130)
+
+
+def _dry_run(cfg: dict, quiet: bool, batches: int = 2) -> None:
+    """pytorch/examples' --dry-run, Lightning's fast_dev_run: every stage a run goes through, on a few batches."""
+    import shutil
+    import tempfile
+    import time
+
+    from .checkpoint import load_run
+    from .trainer import Trainer
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ZooError("--dry-run runs in one process; run it with plain zoo train, not torchrun")
+    from .data import data_parameters
+
+    cfg["train"].update(epochs=1, max_steps=None, log_every=1)  # one epoch, each step logged
+    if "limit" in data_parameters(cfg["data"]["name"]) and cfg["data"].get("limit") is None:
+        cfg["data"]["limit"] = batches * cfg["train"]["batch_size"]  # epoch-end hooks that read a whole split
+    start, where = time.perf_counter(), Path(tempfile.mkdtemp(prefix="zoo-dry-run-"))
+    try:
+        trainer = Trainer(cfg, where / "run", quiet=quiet, log=_err, dry_run=batches)
+        metrics = trainer.fit()
+        load_run(trainer.run_dir, "cpu")  # a checkpoint alone rebuilds the model
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics["epochs"][-1].items() if k.startswith("val/"))
+    print(f"dry run passed in {time.perf_counter() - start:.1f} s: {metrics['step']} training step(s), "
+          f"{batches} validation batch(es) at most ({shown}), the epoch's end (hooks, visuals, checkpoint) and the "
+          "checkpoint loaded back alone; no run dir was kept (and no end-of-run outputs made)")
 
 
 @app.command()

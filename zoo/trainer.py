@@ -35,12 +35,13 @@ class Trainer:
     """Builds data, model, optimizers from a resolved config and runs (or resumes) training in ``run_dir``."""
 
     def __init__(self, cfg: dict, run_dir: str | Path | None = None, *, quiet: bool = False, resume: bool = False,
-                 allow_changes: bool = False, log=print):
+                 allow_changes: bool = False, log=print, dry_run: int = 0):
         t = cfg["train"]
         self.dist = Dist.from_env(t["device"])
         if not self.dist.is_main:  # one progress bar and one set of messages, from rank 0
             quiet, log = True, (lambda s: None)
         self.cfg, self.quiet, self.log = cfg, quiet, log
+        self.dry_run = dry_run  # > 0: each epoch trains this many batches and validates on this many (a smoke test)
         self.device = self.dist.device(pick_device(t["device"], t["precision"]))
         chosen = (str(run_dir) if run_dir else str(new_run_dir(cfg["name"]))) if self.dist.is_main else None
         self.run_dir = Path(self.dist.broadcast_object(chosen))  # numbered once, by rank 0
@@ -220,7 +221,10 @@ class Trainer:
         self.model.eval()
         sums, n = {}, 0
         gen = torch.Generator().manual_seed(12345)  # same validation noise every epoch: comparable numbers
-        for batch in self.data.batches(self.data.val_split, self.cfg["train"]["eval_batch_size"], generator=gen):
+        for i, batch in enumerate(self.data.batches(self.data.val_split, self.cfg["train"]["eval_batch_size"],
+                                                    generator=gen)):
+            if self.dry_run and i >= self.dry_run:
+                break
             b = num_items(batch)
             with self.autocast:
                 terms = self.model.validation_step(batch)
@@ -258,7 +262,7 @@ class Trainer:
             raise
         self.save()
         out = self.runlog.metrics(status, self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
-        if status == "finished" and self.dist.is_main:
+        if status == "finished" and self.dist.is_main and not self.dry_run:  # a dry run stops at the epoch's end
             self.finish()
         elif status == "interrupted":
             self.log(f"{stop.requested or 'stop'}: saved {self.run_dir} at epoch {self.epoch}, step {self.step}")
@@ -300,6 +304,8 @@ class Trainer:
                 if max_steps and self.step >= max_steps:
                     status = "stopped"
                     break
+                if self.dry_run and self.batch_in_epoch >= self.dry_run:
+                    break  # the epoch ends here, as if its data had run out
                 requested = stop.requested is not None  # under torchrun every rank stops after the same step
                 if self.dist.any(requested) if dist_on else requested:
                     status = "interrupted"
