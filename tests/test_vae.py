@@ -85,8 +85,8 @@ def test_learned_full_covariance_matches_the_residual_covariance(tmp_path):
     cfg = load_config({
         "name": "cov", "model": {"name": "gaussian_ae", "covariance": "full", "dropout": 0.0,
                                  "covariance_init": "diagonal"},  # off-diagonals start at 0: they must be learned
-        "data": {"name": "gaussian", "size": 6, "n": 30000, "std": 0.15},
-        "train": {"epochs": 10, "batch_size": 500, "device": "cpu", "log_every": 0,
+        "data": {"name": "gaussian", "size": 6, "n": 12000, "std": 0.15},  # 720 steps of 200: what M needs
+        "train": {"epochs": 12, "batch_size": 200, "device": "cpu", "log_every": 0,
                   "optimizer": {"name": "adam", "lr": 1e-2}, "scheduler": {"name": "cosine"}}})
     tr = fit(cfg, tmp_path / "cov")
     sigma = tr.model.covariance_matrix()
