@@ -153,12 +153,11 @@ def _dry_run(cfg: dict, quiet: bool, batches: int = 2) -> None:
     import time
 
     from .checkpoint import load_run
+    from .data import data_parameters
     from .trainer import Trainer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ZooError("--dry-run runs in one process; run it with plain zoo train, not torchrun")
-    from .data import data_parameters
-
     cfg["train"].update(epochs=1, max_steps=None, log_every=1)  # one epoch, each step logged
     if "limit" in data_parameters(cfg["data"]["name"]) and cfg["data"].get("limit") is None:
         cfg["data"]["limit"] = batches * cfg["train"]["batch_size"]  # epoch-end hooks that read a whole split
