@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import ZooError
+from .errors import ConfigError, ZooError, suggest
 
 FORMAT = 1
 TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -206,6 +207,37 @@ def load_for_resume(run_dir: Path, log=print) -> tuple[dict[str, Any], Path]:
         log(f"warning: {problem}; resuming from {candidate.name} (step {ck['step']}) instead")
         return ck, candidate
     raise ZooError(f"{problem}, and no older good checkpoint is in {directory}; start a new run")
+
+
+class Best:
+    """What best.pt keeps: the best value so far of ``train.best_metric`` under ``train.best_mode`` (Lightning's
+    ModelCheckpoint monitor and mode); ``none`` keeps no best.pt."""
+
+    def __init__(self, train: dict):
+        self.metric, self.mode = train["best_metric"], train.get("best_mode", "min")  # runs before modes: min
+        self.value = math.inf if self.mode == "min" else -math.inf  # no epoch yet: the first one improves
+
+    def check(self, names: list[str]) -> None:
+        if self.metric != "none" and self.metric not in names:
+            raise ConfigError(f"train.best_metric '{self.metric}' is not a metric this model logs"
+                              f"{suggest(self.metric, names)}; choose one of: {', '.join(names)}, or none")
+
+    def improved(self, row: dict) -> bool:
+        """Whether this epoch's row beats the best so far (then it is the new best)."""
+        value = row.get(self.metric)
+        if value is None or not (value < self.value if self.mode == "min" else value > self.value):
+            return False
+        self.value = value
+        return True
+
+    def restore(self, value: float, saved: dict, log) -> None:
+        """The saved best, unless the resumed run tracks another metric or mode: then best.pt starts again."""
+        was = Best(saved["train"])
+        if (was.metric, was.mode) == (self.metric, self.mode):
+            self.value = value
+        else:
+            log(f"train.best_metric is now {self.metric} ({self.mode}), was {was.metric} ({was.mode}): best.pt "
+                "tracks the new one from the next epoch")
 
 
 #: ``train`` keys that only change how long or how often (or where) a run goes: a resume may change them.

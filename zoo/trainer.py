@@ -7,7 +7,6 @@ continues with the numbers of an uninterrupted one; under torchrun each process 
 """
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -18,17 +17,11 @@ import torch
 from . import checkpoint as ckpt_io
 from .data.base import build_data, num_items
 from .distributed import Dist
-from .errors import ConfigError, ZooError, suggest
+from .errors import ConfigError, ZooError
 from .optim import apply_update, build_optimizers, restore_schedulers
 from .registry import create_model
 from .runlog import Progress, RunLog, new_run_dir
 from .runtime import StepWindow, StopRequests, autocast, compile_refusal, pick_device, prepare_model, seed_everything
-
-
-def _check_metric(key: str, names: list[str]) -> None:
-    if key != "none" and key not in names:
-        raise ConfigError(f"train.best_metric '{key}' is not a metric this model logs{suggest(key, names)}; "
-                          f"choose one of: {', '.join(names)}, or none")
 
 
 class Trainer:
@@ -66,7 +59,7 @@ class Trainer:
         self.autocast = autocast(self.device, t["precision"])  # one context, entered once per step
         self.noise = torch.Generator().manual_seed(t["seed"] + 1)  # the data's per-batch randomness
         self.epoch, self.step, self.batch_in_epoch, self.saved_step = 0, 0, 0, None
-        self.best = math.inf if t["best_mode"] == "min" else -math.inf  # no epoch yet: the first one improves
+        self.best = ckpt_io.Best(t)
         self.window = StepWindow()  # no host sync inside a step; log points read together, <= 1 s later
         self.runlog = RunLog(self.run_dir, cfg, enabled=self.dist.is_main)
         self.model.setup(self.data)
@@ -100,8 +93,7 @@ class Trainer:
     def _probe_metrics(self) -> None:
         """A ``val/`` best_metric must be one the model reports: checked on two validation items before the run
         dir exists, with every RNG put back, so the run's numbers do not change."""
-        key = self.cfg["train"]["best_metric"]
-        if not key.startswith("val/"):
+        if not self.best.metric.startswith("val/"):
             return  # none, or an epoch-end term: checked after the first epoch
         rng = ckpt_io.rng_state()
         self.model.eval()
@@ -109,7 +101,7 @@ class Trainer:
         names = [f"val/{k}" for k in self.model.validation_step(batch)]
         self.model.train()
         ckpt_io.set_rng_state(rng)
-        _check_metric(key, names)
+        self.best.check(names)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def state(self, all_ranks: bool = True) -> dict[str, Any]:
@@ -120,7 +112,7 @@ class Trainer:
             "model": ckpt_io.unwrap(self.model).state_dict(), "scaler": self.scaler.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}, "window": self.window.held(),
-            "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+            "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch, "best": self.best.value,
             "nonfinite_skips": self.skipped, "rng": ckpt_io.rng_state(), "noise_rng": self.noise.get_state(),
         }
         if self.dist.enabled and all_ranks:
@@ -135,13 +127,7 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
         self.skipped, self.saved_step = ck.get("nonfinite_skips", 0), ck["step"]
-        was, now = ((c["train"].get("best_metric"), c["train"].get("best_mode", "min"))  # no mode saved: min
-                    for c in (ck["config"], self.cfg))
-        if was == now:
-            self.best = ck["best"]
-        else:  # the saved best is another metric's (or the other way round): best.pt restarts with this run
-            self.log(f"train.best_metric is now {now[0]} ({now[1]}), was {was[0]} ({was[1]}): best.pt tracks the "
-                     "new one from the next epoch")
+        self.best.restore(ck["best"], ck["config"], self.log)
         ranks = ck.get("rank_rng") or [{"rng": ck["rng"], "noise_rng": ck["noise_rng"], "window": ck.get("window")}]
         if len(ranks) == self.dist.world:
             ckpt_io.set_rng_state(ranks[self.dist.rank]["rng"])
@@ -164,7 +150,7 @@ class Trainer:
         directory = self.run_dir / "checkpoints"
         try:
             if which == "last":
-                self.runlog.metrics("running", self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
+                self.runlog.metrics("running", self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)
                 self.runlog.flush()
                 ckpt_io.save_rotating(directory, state, self.cfg["train"]["keep_last"])
                 self.saved_step = self.step
@@ -257,11 +243,11 @@ class Trainer:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
         except ZooError:
-            self.runlog.metrics("failed", self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
+            self.runlog.metrics("failed", self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)
             self.runlog.close()
             raise
         self.save()
-        out = self.runlog.metrics(status, self.epoch, self.step, self.best, nonfinite_skips=self.skipped)
+        out = self.runlog.metrics(status, self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)
         if status == "finished" and self.dist.is_main and not self.dry_run:  # a dry run stops at the epoch's end
             self.finish()
         elif status == "interrupted":
@@ -330,16 +316,14 @@ class Trainer:
             self.check_finite()
             raise
         self.check_finite()  # the epoch's last steps, before anything of this epoch is logged or saved
-        key = self.cfg["train"]["best_metric"]
-        _check_metric(key, [k for k in row if k not in ("epoch", "step")])
+        self.best.check([k for k in row if k not in ("epoch", "step")])
         self.runlog.epoch_row(row)
         self.runlog.scalars({f"lr/{n}": o.param_groups[0]["lr"] for n, o in self.optimizers.items()}, self.step)
         for s in self.schedulers.values():  # after the lr/ point: it shows the rate this epoch's steps took
             s.step()
         self.log_visuals(self.epoch)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        if key in row and (row[key] < self.best if self.cfg["train"]["best_mode"] == "min" else row[key] > self.best):
-            self.best = row[key]
+        if self.best.improved(row):
             self.save("best")
         self.save()
         if not self.quiet:
