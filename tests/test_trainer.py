@@ -217,6 +217,25 @@ def test_hparams_name_the_schedule_and_each_groups_optimizer(tmp_path):
     assert hp["train.optimizer.lr"] == pytest.approx(1e-3) and hp["model.width"] == 8 and "model.name" not in hp
 
 
+def test_visuals_share_the_scalars_step_axis_and_an_artifact_does_not_repeat_the_last_epochs(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # gan1d draws its curves every epoch and the same figure as its end-of-run artifact
+    cfg = {"name": "v", "model": {"name": "gan1d", "width": 8, "depth": 1}, "data": {"name": "triangle1d", "n": 2000},
+           "train": {"epochs": 2, "batch_size": 1000, "device": "cpu", "best_metric": "none"}}
+    tr = fit(load_config(cfg), tmp_path / "run")
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    acc.Reload()
+    val_steps = [e.step for e in acc.Scalars("val/d_loss")]
+    assert val_steps == [e["step"] for e in tr.metrics["epochs"]] == [2, 4]
+    # an epoch's picture sits at the step of its validation point (it was at the epoch index: 0, 1 beside 2, 4),
+    # once (the artifact, the same figure, was a second picture at the last step)
+    assert [e.step for e in acc.Images("gan1d_curves")] == val_steps
+    assert (tmp_path / "run" / "gan1d_curves.png").is_file()  # the artifact's file is still written
+    assert {p.name for p in (tmp_path / "run" / "samples").iterdir()} == {"gan1d_curves_epoch000.png",
+                                                                         "gan1d_curves_epoch001.png"}
+
+
 def test_lr_curve_shows_the_rate_each_epoch_trained_at(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

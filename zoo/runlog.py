@@ -173,6 +173,7 @@ class RunLog:
         self.epochs: list[dict] = []
         self.writer: Any = _NoWriter()
         self.written = time.monotonic()
+        self.shown: tuple[int, set[str]] = (-1, set())  # the step and names of the last visuals logged
 
     def reload(self, step: int, epoch: int) -> None:
         """Keep what metrics.json recorded up to a resumed checkpoint (step, epoch), drop what came after."""
@@ -240,15 +241,20 @@ class RunLog:
         self.scalars({k: v for k, v in row.items() if k not in ("epoch", "step")}, row["step"])
         self.epochs.append(row)
 
-    def visuals(self, items: dict[str, Any], epoch: int) -> None:
-        """A model's per-epoch visuals: TensorBoard at the epoch, files samples/NAME_epochEEE.png/.txt."""
+    def visuals(self, items: dict[str, Any], epoch: int, step: int) -> None:
+        """A model's per-epoch visuals: TensorBoard at the epoch's last step, the x of its validation point (and
+        a step a resume purges, unlike an epoch index), files samples/NAME_epochEEE.png/.txt."""
         if self.enabled:
-            vis.write(items, self.writer, epoch, self.run_dir / "samples", f"_epoch{epoch:03d}")
+            vis.write(items, self.writer, step, self.run_dir / "samples", f"_epoch{epoch:03d}")
+            self.shown = (step, set(items))
 
     def artifacts(self, items: dict[str, Any], step: int) -> None:
-        """End-of-training outputs: figures and text into the run dir (models write their own image files)."""
+        """End-of-training outputs: figures and text into the run dir (models write their own image files). One
+        named like a visual of the last epoch (a model's final curves or centres) is that picture again, at that
+        same step: TensorBoard keeps the epoch's alone."""
         if self.enabled:
-            vis.write(items, self.writer, step, self.run_dir, image_files=False)
+            again = self.shown[1] if self.shown[0] == step else set()
+            vis.write(items, self.writer, step, self.run_dir, image_files=False, skip_tensorboard=again)
 
     def metrics(self, status: str, epoch: int, step: int, best: float, **extra) -> dict:
         """metrics.json (written atomically): status, position, best value, per-epoch rows and history."""

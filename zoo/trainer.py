@@ -228,7 +228,7 @@ class Trainer:
         with torch.no_grad():
             items = self.model.visuals(batch)
         self.model.train()
-        self.runlog.visuals(items, epoch)
+        self.runlog.visuals(items, epoch, self.step)
 
     def fit(self) -> dict:
         fresh = self.step == 0

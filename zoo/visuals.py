@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 
@@ -51,12 +51,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write(items: dict[str, Any], writer, step: int, directory: Path | None, suffix: str = "",
-          image_files: bool = True) -> None:
-    """Log each visual to TensorBoard under its name and, when ``directory`` is given, to NAME{suffix}.png/.txt
-    there (image tensors only if ``image_files``)."""
+          image_files: bool = True, skip_tensorboard: Collection[str] = ()) -> None:
+    """Log each visual to TensorBoard under its name (but those in ``skip_tensorboard``) and, when ``directory``
+    is given, to NAME{suffix}.png/.txt there (image tensors only if ``image_files``)."""
     for name, v in items.items():
+        shown = name not in skip_tensorboard
         if isinstance(v, str):
-            writer.add_text(name, v, step)
+            if shown:
+                writer.add_text(name, v, step)
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / f"{name}{suffix}.txt").write_text(v + "\n", encoding="utf-8")
@@ -64,12 +66,18 @@ def write(items: dict[str, Any], writer, step: int, directory: Path | None, suff
             if not is_image_batch(v):
                 raise TypeError(f"visual '{name}' is a tensor of shape {tuple(v.shape)}: give images [N, C, H, W] "
                                 f"with 1 or 3 channels, a figure or a str")
-            writer.add_image(name, to_image_grid(v), step)
+            if shown:
+                writer.add_image(name, to_image_grid(v), step)
             if directory is not None and image_files:
                 save_png(v, directory / f"{name}{suffix}.png")
         elif hasattr(v, "savefig"):
             if directory is not None:
                 save_png(v, directory / f"{name}{suffix}.png")
-            writer.add_figure(name, v, step)
+            if shown:
+                writer.add_figure(name, v, step)  # closes the figure
+            else:
+                import matplotlib.pyplot as plt
+
+                plt.close(v)
         else:
             raise TypeError(f"visual '{name}' is a {type(v).__name__}: give an image tensor, a figure or a str")
