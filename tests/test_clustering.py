@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from zoo import checkpoint as ckpt_io
 from zoo.cli import main
@@ -18,6 +19,7 @@ from zoo.config import load_config
 from zoo.errors import ConfigError
 from zoo.registry import create_model
 from zoo.trainer import Trainer, fit
+from zoo.visuals import write
 
 
 class TinyData:
@@ -375,8 +377,21 @@ def test_artifacts_write_the_table_and_the_centres(tmp_path):
     out = net.artifacts(data, tmp_path)
     rows = list(csv.reader(open(tmp_path / "cluster_table.csv")))
     assert rows[0][0] == "digit" and sum(int(v) for r in rows[1:] for v in r[1:]) == 60
-    assert (tmp_path / "centers.png").exists() and out["centers"].shape == (10, 1, 4, 4)
+    assert (tmp_path / "centers.png").exists() and out["centers"].images.shape == (10, 1, 4, 4)
     assert hasattr(out["cluster_table"], "savefig")
+    shown = {}
+
+    class Writer:  # what TensorBoard receives
+        def add_image(self, tag, image, step):
+            shown[tag] = image.shape
+
+        def add_figure(self, tag, figure, step):
+            shown[tag] = "figure"
+
+    write({"epoch_centers": net.visuals(None)["centers"], **out}, Writer(), 0, None)
+    # the 10 centres in one row, cluster 0 to 9 as the table's columns, as centers.png (a 4 x 3 grid before)
+    assert shown["centers"] == shown["epoch_centers"] == (3, 4 + 2 * 2, 10 * (4 + 2) + 2)
+    assert Image.open(tmp_path / "centers.png").size == (10 * (4 + 2) + 2, 4 + 2 * 2)
 
 
 # ---- through the real trainer on real MNIST ---------------------------------------------------------------------

@@ -219,6 +219,33 @@ def test_outlier_mixture_caps_the_cost_of_a_confident_wrong_pixel():
     assert 0 < (nll[1e-3][0] - nll[0.0][0]).item() < 64 * 2e-3  # sure pixels pay only -log(1 - p) each
 
 
+def test_tensorboard_grids_keep_the_traversal_rows_and_the_reconstruction_pairs(tmp_path):
+    """The traversal is a row of 11 steps per code dimension and reconstructions come in (original, copy) pairs:
+    TensorBoard's grids must keep those rows (the default sqrt(N) columns wrapped 88 traversal images at 9)."""
+    from zoo.visuals import write
+
+    class Test:  # 40 test images with labels: what artifacts() reads
+        def batches(self, split, size, generator=None):
+            yield torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 10
+
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal").eval()
+    shown = {}
+
+    class Writer:  # what TensorBoard receives
+        def add_image(self, tag, image, step):
+            shown[tag] = tuple(image.shape)
+
+        def add_figure(self, tag, figure, step):
+            shown[tag] = "figure"
+
+    with torch.no_grad():
+        write({**m.artifacts(Test(), tmp_path), **m.visuals((torch.rand(5, 1, 8, 8), None))}, Writer(), 0, None)
+    cell = 8 + 2
+    assert shown["latent_traversal"] == (3, 8 * cell + 2, 11 * cell + 2)  # 8 dimensions x 11 steps
+    assert Image.open(tmp_path / "latent_traversal.png").size == (11 * cell + 2, 8 * cell + 2)  # as the file
+    assert shown["reconstructions"][2] == 8 * cell + 2  # 5 pairs: 4 to a row, not 3 (a pair split in two)
+
+
 def test_kl_warmup_weights_only_the_training_objective():
     m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal", kl_warmup=10)
     x = torch.rand(4, 1, 8, 8)

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .visuals import Grid
+
 CHUNK = 8192  # rows per distance block: bounds memory for any N
 
 
@@ -252,11 +254,13 @@ class ClusterModel:
             from torchvision.utils import save_image
 
             out["centers"] = self.prototype_images()
-            save_image(out["centers"].cpu(), str(Path(run_dir) / "centers.png"), nrow=min(self.k, 10), pad_value=1.0)
+            save_image(out["centers"].images.cpu(), str(Path(run_dir) / "centers.png"), nrow=out["centers"].nrow,
+                       pad_value=1.0)
         return out
 
-    def prototype_images(self) -> torch.Tensor:
-        return self.prototypes().detach().reshape(self.k, *self.image_shape).clamp(0, 1)
+    def prototype_images(self) -> Grid:
+        """The centres as images, up to 10 a row (k = 10: one row, cluster 0 to 9, as the table's columns)."""
+        return Grid(self.prototypes().detach().reshape(self.k, *self.image_shape).clamp(0, 1), min(self.k, 10))
 
     def visuals(self, batch) -> dict[str, Any]:
         if len(self.image_shape) != 3:  # not images (e.g. RGB pixels in compression): nothing to show

@@ -1,16 +1,24 @@
 """What models show: image grids, matplotlib figures and text tables, written to TensorBoard and the run dir.
 
 A model's ``visuals(batch)`` / ``artifacts(data, run_dir)`` return ``name -> value`` where a value is an image
-tensor [N, C, H, W] in [0, 1] (shown as a grid), a matplotlib figure, or text (a str, Markdown; see ``table``).
+tensor [N, C, H, W] in [0, 1] (shown as a square-ish grid), a ``Grid`` (the same, ``nrow`` images a row), a
+matplotlib figure, or text (a str, Markdown; see ``table``).
 ``write`` is the one place those values are turned into files and TensorBoard entries.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, NamedTuple, Sequence
 
 import torch
+
+
+class Grid(NamedTuple):
+    """Images [N, C, H, W] in [0, 1] laid out ``nrow`` a row, where the rows mean something (a latent traversal's
+    steps, k centres side by side): the default square-ish grid would wrap them at sqrt(N)."""
+    images: torch.Tensor
+    nrow: int
 
 
 def is_image_batch(t) -> bool:
@@ -62,14 +70,15 @@ def write(items: dict[str, Any], writer, step: int, directory: Path | None, suff
             if directory is not None:
                 directory.mkdir(parents=True, exist_ok=True)
                 (directory / f"{name}{suffix}.txt").write_text(v + "\n", encoding="utf-8")
-        elif isinstance(v, torch.Tensor):
+        elif isinstance(v, (torch.Tensor, Grid)):
+            v, nrow = v if isinstance(v, Grid) else (v, None)
             if not is_image_batch(v):
                 raise TypeError(f"visual '{name}' is a tensor of shape {tuple(v.shape)}: give images [N, C, H, W] "
                                 f"with 1 or 3 channels, a figure or a str")
             if shown:
-                writer.add_image(name, to_image_grid(v), step)
+                writer.add_image(name, to_image_grid(v, nrow), step)
             if directory is not None and image_files:
-                save_png(v, directory / f"{name}{suffix}.png")
+                save_png(v, directory / f"{name}{suffix}.png", nrow)
         elif hasattr(v, "savefig"):
             if directory is not None:
                 save_png(v, directory / f"{name}{suffix}.png")

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ZooError
 from ..losses import LOG_2PI, beta_nll, bits_per_dim, gaussian_kl, gaussian_nll, pixel_nll
 from ..registry import register_model
-from ..visuals import save_png
+from ..visuals import Grid, save_png
 from .base import ZooModel
 
 DEQUANT_STD = 1 / (256 * math.sqrt(12))  # std of the uniform dequantisation noise U/256
@@ -351,7 +351,7 @@ class GaussianAE(ZooModel):
     def visuals(self, batch):
         x = batch[0][:32]
         pairs = torch.stack([x, self.reconstruct(x)], 1).flatten(0, 1)  # original, reconstruction, ...
-        out = {"reconstructions": pairs}
+        out = {"reconstructions": Grid(pairs, 8)}  # an even row: no pair split across two rows
         for prior in self.priors:  # a fixed noise: the grids of successive epochs are comparable
             name = "samples" if prior == "standard" else f"samples_{prior}"
             out[name] = self.sample(64, torch.Generator().manual_seed(0), prior=prior)
@@ -406,7 +406,7 @@ class GaussianAE(ZooModel):
         ax.legend(*points.legend_elements(), title="digit", loc="best", fontsize=7)
         ax.set(title="t-SNE of 2,000 test codes g(x)", xticks=[], yticks=[])
         save_png(traversal, run_dir / "latent_traversal.png", nrow=len(steps))
-        return {"latent_traversal": traversal, "latent_map": fig}
+        return {"latent_traversal": Grid(traversal, len(steps)), "latent_map": fig}  # a row per dimension
 
 
 def lower_whitening(precision: torch.Tensor) -> torch.Tensor:
