@@ -236,6 +236,23 @@ def test_visuals_share_the_scalars_step_axis_and_an_artifact_does_not_repeat_the
                                                                          "gan1d_curves_epoch001.png"}
 
 
+def test_a_run_finished_again_after_a_resume_has_one_hparams_entry_with_the_config_in_force(tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    cfg = {"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+           "data": {"name": "homework", "problem": "hw6_q1a"},
+           "train": {"epochs": 2, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.01}, "device": "cpu"}}
+    fit(load_config(cfg), tmp_path / "run")
+    cfg["train"]["epochs"] = 3
+    fit(load_config(cfg), tmp_path / "run", resume=True)
+    files = sorted((tmp_path / "run").glob("events.out.tfevents.*"))
+    starts = [f.name for f in files for e in EventFileLoader(str(f)).Load()
+              for v in e.summary.value if v.tag == "_hparams_/session_start_info"]
+    # TensorBoard keeps a run's first summary: the first finish's epochs 2 stood in the HPARAMS tab, beside a second
+    assert len(files) == 2 and starts == [files[1].name]
+    assert _hparams(tmp_path / "run")["train.epochs"] == 3
+
+
 def test_lr_curve_shows_the_rate_each_epoch_trained_at(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

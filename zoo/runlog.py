@@ -72,6 +72,19 @@ def _masked_crc32c(data: bytes) -> int:
     return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _records(path: Path):
+    """(record, event bytes) of each whole TFRecord of an event file; a torn last record (a crash) ends it."""
+    data = path.read_bytes()
+    i = 0
+    while i + 12 <= len(data):
+        n = struct.unpack_from("<Q", data, i)[0]
+        end = i + 12 + n + 4
+        if end > len(data):
+            break
+        yield data[i:end], data[i + 12:i + 12 + n]
+        i = end
+
+
 class EventFile:
     """A TensorBoard event file written in the caller's thread, with the subset of SummaryWriter's methods zoo
     uses. torch's SummaryWriter hands every event to a writer thread through a queue; each hand-off wakes that
@@ -286,9 +299,30 @@ class RunLog:
         add("train", self.cfg["train"])
         last = self.epochs[-1] if self.epochs else {}
         metrics = {f"hparam/{k}": v for k, v in last.items() if k.startswith("val/")}
+        self.forget_hparams()
         for summary in hparams(flat, metrics):
             self.writer.add_summary(summary)
         self.scalars(metrics, step)
+
+    def forget_hparams(self) -> None:
+        """Take the hyper-parameter summary of an earlier finish out of the run's older event files. TensorBoard
+        keeps a run's first one and ignores the rest, so a run resumed and finished again (more epochs) would show
+        the config of its first finish. Files without one are left as they are; the others are rewritten whole."""
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        for path in sorted(self.run_dir.glob("events.out.tfevents.*")):
+            if path.name == Path(self.writer.file.name).name:
+                continue
+            kept, dropped = [], False
+            for record, data in _records(path):
+                if any(v.tag.startswith("_hparams_/") for v in Event.FromString(data).summary.value):
+                    dropped = True
+                else:
+                    kept.append(record)
+            if dropped:
+                tmp = path.with_name(".events.tmp")  # TensorBoard reads any file whose name holds "tfevents"
+                tmp.write_bytes(b"".join(kept))
+                os.replace(tmp, path)
 
     def close(self) -> None:
         self.writer.close()
