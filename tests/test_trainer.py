@@ -215,6 +215,9 @@ def test_hparams_name_the_schedule_and_each_groups_optimizer(tmp_path):
     assert hp["train.optimizers.d.name"] == "sgd" and hp["train.optimizers.d.lr"] == 0.25
     assert hp["train.scheduler.name"] == "step" and hp["train.scheduler.gamma"] == 0.5
     assert hp["train.optimizer.lr"] == pytest.approx(1e-3) and hp["model.width"] == 8 and "model.name" not in hp
+    # the data that trained it, lists and booleans as the config writes them (they were left out, or 0.0/1.0)
+    assert hp["data"] == "triangle1d" and hp["data.n"] == 2000 and "data.name" not in hp
+    assert hp["train.optimizer.betas"] == "[0.9, 0.999]" and hp["model.freeze_g_identity"] is False
 
 
 def test_visuals_share_the_scalars_step_axis_and_an_artifact_does_not_repeat_the_last_epochs(tmp_path):

@@ -161,6 +161,34 @@ class EventFile:
             self.file.close()
 
 
+def hparams_summaries(values: dict[str, int | float | str | bool], metrics: list[str]) -> list:
+    """The three summaries of TensorBoard's HPARAMS tab (experiment, session start, session end) for ``values``
+    and the scalar tags ``metrics``. torch's ``hparams`` tests int before bool, so it showed booleans as 0.0/1.0;
+    here a bool stays one."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    start, infos = plugin_data_pb2.SessionStartInfo(), []
+    for k, v in values.items():
+        kind, field = (("BOOL", "bool_value") if isinstance(v, bool) else ("STRING", "string_value")
+                       if isinstance(v, str) else ("FLOAT64", "number_value"))
+        setattr(start.hparams[k], field, v)
+        infos.append(api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(f"DATA_TYPE_{kind}")))
+    experiment = api_pb2.Experiment(hparam_infos=infos,
+                                    metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics])
+
+    def summary(tag: str, **data) -> Summary:
+        content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **data).SerializeToString()
+        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                      content=content))
+        return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+    return [summary(metadata.EXPERIMENT_TAG, experiment=experiment),
+            summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+            summary(metadata.SESSION_END_INFO_TAG,
+                    session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS))]
+
+
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     """runs/NAME, or runs/NAME-2, -3... if NAME already holds a run (never overwrite a run silently)."""
     path, i = root / name, 1
@@ -281,26 +309,29 @@ class RunLog:
         return out
 
     def hparams(self, step: int) -> None:
-        """The config's scalar hyper-parameters beside the last validation metrics (TensorBoard's HPARAMS tab)."""
+        """The config's hyper-parameters (model, data, train) beside the last validation metrics (TensorBoard's
+        HPARAMS tab): nested sections flattened, lists as the config writes them."""
         if not self.enabled:
             return
-        from torch.utils.tensorboard.summary import hparams
-
-        flat = {"model": self.cfg["model"]["name"]}
+        flat = {}
 
         def add(prefix: str, node: dict) -> None:  # nested sections too: optimizer, scheduler, optimizers.GROUP
             for k, v in node.items():
                 if isinstance(v, dict):
                     add(f"{prefix}.{k}", v)
-                elif isinstance(v, (int, float, str, bool)) and f"{prefix}.{k}" != "model.name":
+                elif f"{prefix}.{k}" in ("model.name", "data.name"):
+                    flat[prefix] = v  # the column "model" names the model
+                elif isinstance(v, (int, float, str, bool)):
                     flat[f"{prefix}.{k}"] = v
+                elif isinstance(v, (list, tuple)):  # widths [64, 128, 512]: what tells two architectures apart
+                    flat[f"{prefix}.{k}"] = json.dumps(v, default=str)
 
-        add("model", self.cfg["model"])
-        add("train", self.cfg["train"])
+        for section in ("model", "data", "train"):
+            add(section, self.cfg[section])
         last = self.epochs[-1] if self.epochs else {}
         metrics = {f"hparam/{k}": v for k, v in last.items() if k.startswith("val/")}
         self.forget_hparams()
-        for summary in hparams(flat, metrics):
+        for summary in hparams_summaries(flat, list(metrics)):
             self.writer.add_summary(summary)
         self.scalars(metrics, step)
 
