@@ -239,6 +239,46 @@ def test_visuals_share_the_scalars_step_axis_and_an_artifact_does_not_repeat_the
                                                                          "gan1d_curves_epoch001.png"}
 
 
+def _hparams_tab(logdir: Path) -> dict[str, dict]:
+    """What TensorBoard's HPARAMS tab shows for ``tensorboard --logdir LOGDIR``: run -> {hparam or metric: value},
+    from the hparams plugin itself."""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import hparams_plugin
+    from tensorboard.plugins.scalar import scalars_plugin
+    from werkzeug import test as wtest
+    from werkzeug import wrappers
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    ctx = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux, plugin_name_to_instance={},
+                                data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    ctx.plugin_name_to_instance["scalars"] = scalars_plugin.ScalarsPlugin(ctx)
+    route = hparams_plugin.HParamsPlugin(ctx).get_plugin_apps()["/session_groups"]
+    query = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "colParams": [], "startIndex": 0,
+             "sliceSize": 100}
+    answer = wtest.Client(route, wrappers.Response).post("/", data=json.dumps(query), content_type="application/json")
+    return {g["name"]: {**g["hparams"], **{m["name"]["tag"]: m["value"] for m in g["metricValues"]}}
+            for g in json.loads(answer.get_data())["sessionGroups"]}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TensorBoard's vendored html sanitizer, on import
+def test_hparams_tab_of_a_logdir_of_several_models_shows_each_runs_metrics_and_hparams(tmp_path):
+    fit(load_config({"name": "g", "model": {"name": "gan1d", "width": 8, "depth": 1},
+                     "data": {"name": "triangle1d", "n": 2000},
+                     "train": {"epochs": 1, "batch_size": 1000, "device": "cpu", "best_metric": "none"}}),
+        tmp_path / "runs" / "g")
+    tr = fit(load_config({"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+                          "data": {"name": "homework", "problem": "hw6_q1a"},
+                          "train": {"epochs": 2, "batch_size": 2, "device": "cpu"}}), tmp_path / "runs" / "q")
+    tab = _hparams_tab(tmp_path / "runs")
+    # each run wrote an 'experiment' naming its own metrics and TensorBoard takes one for the whole logdir: the
+    # GAN's d_loss column (or the autoencoder's loss) was empty, and so were the other model's hparam columns
+    assert tab["g"]["model.width"] == 8 and "val/d_loss" in tab["g"] and "val/g_loss" in tab["g"]
+    assert tab["q"]["model.k"] == 1 and tab["q"]["val/loss"] == pytest.approx(tr.metrics["epochs"][-1]["val/loss"])
+
+
 def test_a_run_finished_again_after_a_resume_has_one_hparams_entry_with_the_config_in_force(tmp_path):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 

@@ -161,21 +161,21 @@ class EventFile:
             self.file.close()
 
 
-def hparams_summaries(values: dict[str, int | float | str | bool], metrics: list[str]) -> list:
-    """The three summaries of TensorBoard's HPARAMS tab (experiment, session start, session end) for ``values``
-    and the scalar tags ``metrics``. torch's ``hparams`` tests int before bool, so it showed booleans as 0.0/1.0;
-    here a bool stays one."""
+def hparams_summaries(values: dict[str, int | float | str | bool]) -> list:
+    """The summaries of one run in TensorBoard's HPARAMS tab: session start (its hyper-parameters) and end.
+
+    No 'experiment' summary: TensorBoard takes the first one it finds in the whole logdir as the tab's columns, so
+    with runs of several models under ``runs/`` one model's metrics and hyper-parameters stood for all and the
+    others' cells were empty. Without one it gathers every run's hyper-parameters and, as metrics, the last value
+    of every scalar (val/... of the last epoch). torch's ``hparams`` writes one, and tests int before bool (it
+    showed booleans as 0.0/1.0): zoo builds these itself."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-    start, infos = plugin_data_pb2.SessionStartInfo(), []
+    start = plugin_data_pb2.SessionStartInfo()
     for k, v in values.items():
-        kind, field = (("BOOL", "bool_value") if isinstance(v, bool) else ("STRING", "string_value")
-                       if isinstance(v, str) else ("FLOAT64", "number_value"))
+        field = "bool_value" if isinstance(v, bool) else "string_value" if isinstance(v, str) else "number_value"
         setattr(start.hparams[k], field, v)
-        infos.append(api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(f"DATA_TYPE_{kind}")))
-    experiment = api_pb2.Experiment(hparam_infos=infos,
-                                    metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in metrics])
 
     def summary(tag: str, **data) -> Summary:
         content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **data).SerializeToString()
@@ -183,8 +183,7 @@ def hparams_summaries(values: dict[str, int | float | str | bool], metrics: list
                                                                       content=content))
         return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
 
-    return [summary(metadata.EXPERIMENT_TAG, experiment=experiment),
-            summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+    return [summary(metadata.SESSION_START_INFO_TAG, session_start_info=start),
             summary(metadata.SESSION_END_INFO_TAG,
                     session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS))]
 
@@ -309,8 +308,9 @@ class RunLog:
         return out
 
     def hparams(self, step: int) -> None:
-        """The config's hyper-parameters (model, data, train) beside the last validation metrics (TensorBoard's
-        HPARAMS tab): nested sections flattened, lists as the config writes them."""
+        """The config's hyper-parameters (model, data, train) for TensorBoard's HPARAMS tab, which shows them
+        beside the last value of each scalar (the last epoch's val/...): nested sections flattened, lists as the
+        config writes them."""
         if not self.enabled:
             return
         flat = {}
@@ -328,12 +328,9 @@ class RunLog:
 
         for section in ("model", "data", "train"):
             add(section, self.cfg[section])
-        last = self.epochs[-1] if self.epochs else {}
-        metrics = {f"hparam/{k}": v for k, v in last.items() if k.startswith("val/")}
         self.forget_hparams()
-        for summary in hparams_summaries(flat, list(metrics)):
-            self.writer.add_summary(summary)
-        self.scalars(metrics, step)
+        for summary in hparams_summaries(flat):
+            self.writer.add_summary(summary, step)
 
     def forget_hparams(self) -> None:
         """Take the hyper-parameter summary of an earlier finish out of the run's older event files. TensorBoard
