@@ -280,12 +280,13 @@ def test_hparams_tab_of_a_logdir_of_several_models_shows_each_runs_metrics_and_h
 
 
 def test_a_run_finished_again_after_a_resume_has_one_hparams_entry_with_the_config_in_force(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     cfg = {"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
            "data": {"name": "homework", "problem": "hw6_q1a"},
            "train": {"epochs": 2, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.01}, "device": "cpu"}}
-    fit(load_config(cfg), tmp_path / "run")
+    resumed_at = fit(load_config(cfg), tmp_path / "run").metrics["step"]
     cfg["train"]["epochs"] = 3
     fit(load_config(cfg), tmp_path / "run", resume=True)
     files = sorted((tmp_path / "run").glob("events.out.tfevents.*"))
@@ -294,6 +295,12 @@ def test_a_run_finished_again_after_a_resume_has_one_hparams_entry_with_the_conf
     # TensorBoard keeps a run's first summary: the first finish's epochs 2 stood in the HPARAMS tab, beside a second
     assert len(files) == 2 and starts == [files[1].name]
     assert _hparams(tmp_path / "run")["train.epochs"] == 3
+    # the TEXT tab's config: the one the resume trained with, from the step after the checkpoint (it kept epochs: 2)
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors("config/text_summary")]
+    assert [step for step, _ in texts] == [0, resumed_at + 1]
+    assert "epochs: 2" in texts[0][1] and "epochs: 3" in texts[1][1]
 
 
 def test_lr_curve_shows_the_rate_each_epoch_trained_at(tmp_path):

@@ -256,8 +256,8 @@ class RunLog:
         except OSError as e:
             raise ZooError(f"cannot write the run dir '{self.run_dir}' ({e.strerror or e}); pick another "
                            f"--run-dir or free the disk") from None
-        if step == 0:
-            self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", 0)
+        if step == 0 or changes:  # a resume that changed train keys: the config in force from the next step on
+            self.writer.add_text("config", "```\n" + dump(self.cfg) + "\n```", step + 1 if step else 0)
 
     def flush(self) -> None:
         """Events in the file up to now: called before every checkpoint, so a crash loses no logged step."""
