@@ -80,6 +80,30 @@ def test_a_resume_between_log_points_logs_the_same_means_as_an_uninterrupted_run
     assert resumed.metrics["history"] == reference.metrics["history"]
 
 
+def test_a_kill_between_an_epochs_last_step_checkpoint_and_its_end_resumes_exactly(tmp_path, monkeypatch):
+    """ckpt_every lands on the epoch's last batch: last.pt holds every batch of the epoch but not its end. The
+    resume's epoch has no batch left: it trained on one empty batch (0/0 means: 'loss term is nan', a GAN stopped)."""
+    from zoo.trainer import Trainer
+
+    small = dict(epochs=1, batch_size=400, ckpt_every=10)  # 10 steps
+    reference = fit(gan1d(**small), tmp_path / "ref")
+
+    class Killed(BaseException):  # SIGKILL: nothing of the trainer's runs after it
+        pass
+
+    def killed(self):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "end_epoch", killed)
+        with pytest.raises(Killed):
+            fit(gan1d(**small), tmp_path / "r")
+    assert ckpt_io.load(tmp_path / "r" / "checkpoints" / "last.pt")["batch_in_epoch"] == 10
+    resumed = fit(gan1d(**small), tmp_path / "r", resume=True)
+    assert resumed.metrics["history"] == reference.metrics["history"]
+    assert resumed.metrics["epochs"] == reference.metrics["epochs"]
+
+
 def test_resuming_a_finished_run_says_how_to_train_on_and_touches_nothing(tmp_path):
     fit(gan1d(epochs=1), tmp_path / "r")
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "r").rglob("*"))

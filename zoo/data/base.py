@@ -209,7 +209,8 @@ class DataModule:
             rows = (slice(i, i + batch_size) for i in range(skip * batch_size, n, batch_size))
         else:  # one split into views, not a Python slice per batch
             order = order[skip * batch_size:] if skip else order
-            rows = (order,) if len(order) <= batch_size else order.split(batch_size)  # full batch: no split
+            # full batch: no split; nothing left (a resume after the epoch's last batch): no batch, not an empty one
+            rows = () if not len(order) else (order,) if len(order) <= batch_size else order.split(batch_size)
         for idx in rows:
             batch = self.collate(split, tuple(t[idx] for t in parts), generator)
             yield self._add_input_noise(self.augment(batch, generator), generator) if augment else batch
