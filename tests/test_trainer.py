@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import signal
+import struct
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,10 @@ def test_a_run_finished_again_after_a_resume_has_one_hparams_entry_with_the_conf
     texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors("config/text_summary")]
     assert [step for step, _ in texts] == [0, resumed_at + 1]
     assert "epochs: 2" in texts[0][1] and "epochs: 3" in texts[1][1]
+    with open(files[0], "ab") as f:  # garbage after the old file's records: the next finish still ends cleanly
+        f.write(struct.pack("<Q", 3) + b"\0" * 4 + b"\xff\xff\xff" + b"\0" * 4)
+    cfg["train"]["epochs"] = 4
+    assert fit(load_config(cfg), tmp_path / "run", resume=True).metrics["status"] == "finished"
 
 
 def test_lr_curve_shows_the_rate_each_epoch_trained_at(tmp_path):

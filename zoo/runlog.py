@@ -336,21 +336,25 @@ class RunLog:
         """Take the hyper-parameter summary of an earlier finish out of the run's older event files. TensorBoard
         keeps a run's first one and ignores the rest, so a run resumed and finished again (more epochs) would show
         the config of its first finish. Files without one are left as they are; the others are rewritten whole."""
+        from google.protobuf.message import DecodeError
         from tensorboard.compat.proto.event_pb2 import Event
 
         for path in sorted(self.run_dir.glob("events.out.tfevents.*")):
             if path.name == Path(self.writer.file.name).name:
                 continue
             kept, dropped = [], False
-            for record, data in _records(path):
-                if any(v.tag.startswith("_hparams_/") for v in Event.FromString(data).summary.value):
-                    dropped = True
-                else:
-                    kept.append(record)
-            if dropped:
-                tmp = path.with_name(".events.tmp")  # TensorBoard reads any file whose name holds "tfevents"
-                tmp.write_bytes(b"".join(kept))
-                os.replace(tmp, path)
+            try:
+                for record, data in _records(path):
+                    if any(v.tag.startswith("_hparams_/") for v in Event.FromString(data).summary.value):
+                        dropped = True
+                    else:
+                        kept.append(record)
+                if dropped:
+                    tmp = path.with_name(".events.tmp")  # TensorBoard reads any file whose name holds "tfevents"
+                    tmp.write_bytes(b"".join(kept))
+                    os.replace(tmp, path)
+            except (OSError, DecodeError):  # a damaged or unwritable old file: it keeps its summary, the run ends
+                continue
 
     def close(self) -> None:
         self.writer.close()
