@@ -137,6 +137,20 @@ def test_node_contributions_add_up_to_the_logit():
         assert torch.allclose(share.sum(1) + m.head.bias[0], logit, atol=1e-5), readout
 
 
+def test_the_disturbance_figure_says_what_its_rings_and_probability_are():
+    data = disturbance()
+    with torch.no_grad():
+        fig = model(info=data.info).figure(next(data.batches("val", 8)))
+    # red rings and 'p=0.67' with nothing saying that they are the true disturbance and P(label 1)
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert legend == ["marked by the data\n(the true disturbance)"]
+    top_row = fig.axes[:4]
+    assert all(ax.get_title().startswith("label ") and "P(label 1)=" in ax.get_title() for ax in top_row)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 # ---- the two implementations ---------------------------------------------------------------------------------
 def test_attention_rows_sum_to_one_over_the_neighbours():
     batch = ragged_batch(seed=4)

@@ -322,12 +322,15 @@ class GraphTransformer(ZooModel):
                 lim = float(v.abs().max().clamp_min(1e-6))
                 sc = ax.scatter(p[:, 0], p[:, 1], c=v, cmap=cmap, s=18, zorder=1,
                                 **({"vmin": -lim, "vmax": lim} if row else {}))
-                ax.scatter(p[ring, 0], p[ring, 1], s=70, facecolors="none", edgecolors="red", lw=1.0, zorder=2)
+                ax.scatter(p[ring, 0], p[ring, 1], s=70, facecolors="none", edgecolors="red", lw=1.0, zorder=2,
+                           label="marked by the data\n(the true disturbance)")
+                if row == 0 and ring.any() and not fig.legends:  # once: what the red rings are
+                    fig.legend(loc="upper left", fontsize=7, frameon=False)
                 fig.colorbar(sc, ax=ax, fraction=0.046, label=label)
                 ax.set_xticks([]), ax.set_yticks([])
                 ax.set_aspect("equal")
             z = logits[g].detach().cpu()
-            said = f"p={torch.sigmoid(z[0]):.2f}" if self.out == 1 else f"pred {int(z.argmax())}"
+            said = f"P(label 1)={torch.sigmoid(z[0]):.2f}" if self.out == 1 else f"pred {int(z.argmax())}"
             axes[0, col].set_title(f"label {int(y[g])}, {said}", fontsize=9)
         fig.tight_layout()
         return fig
