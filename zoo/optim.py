@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -81,6 +82,15 @@ def restore_schedulers(schedulers: dict, states: dict, epochs: int) -> None:
     for name, scheduler in schedulers.items():
         scheduler.load_state_dict(states[name])
         fit_horizon(scheduler, epochs)
+
+
+def step_schedulers(schedulers: dict) -> None:
+    """Each scheduler's once-per-epoch step. Torch warns when this process has not stepped the optimizer first: a
+    false alarm for a run resumed after its first epoch's last step (that epoch's steps all ran before the stop)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+        for scheduler in schedulers.values():
+            scheduler.step()
 
 
 def build_scheduler(opt, s: dict, epochs: int):

@@ -18,7 +18,7 @@ from . import checkpoint as ckpt_io
 from .data.base import build_data, num_items
 from .distributed import Dist
 from .errors import ConfigError, ZooError
-from .optim import apply_update, build_optimizers, restore_schedulers
+from .optim import apply_update, build_optimizers, restore_schedulers, step_schedulers
 from .registry import create_model
 from .runlog import Progress, RunLog, new_run_dir
 from .runtime import StepWindow, StopRequests, autocast, compile_refusal, pick_device, prepare_model, seed_everything
@@ -319,8 +319,7 @@ class Trainer:
         self.best.check([k for k in row if k not in ("epoch", "step")])
         self.runlog.epoch_row(row)
         self.runlog.scalars({f"lr/{n}": o.param_groups[0]["lr"] for n, o in self.optimizers.items()}, self.step)
-        for s in self.schedulers.values():  # after the lr/ point: it shows the rate this epoch's steps took
-            s.step()
+        step_schedulers(self.schedulers)  # after the lr/ point: it shows the rate this epoch's steps took
         self.log_visuals(self.epoch)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         if self.best.improved(row):
