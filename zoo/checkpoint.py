@@ -370,14 +370,13 @@ def _best_metric(run_dir: Path):
 
 def load_run(run: str | Path, device: str | torch.device | None = None, which: str = "last"):
     """Rebuild a trained model from its checkpoint alone: returns (model, config, checkpoint dict)."""
-    from .registry import create_model, model_info
+    from .registry import build_model, model_info
 
     path = find_checkpoint(run, which)
     ckpt = load(path)
     cfg = ckpt["config"]
     model_info(ckpt["model_name"])  # a model this zoo does not have: one line, before anything is built
-    margs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    model = create_model(ckpt["model_name"], ckpt.get("data_info"), **margs)
+    model = build_model({**cfg["model"], "name": ckpt["model_name"]}, ckpt.get("data_info"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

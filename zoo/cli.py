@@ -455,10 +455,9 @@ def config_show(
     cfg = load_config(config, overrides or [])
     if check:  # what zoo train builds before its first step, without a run dir, a device or the data's tensors
         from .data import build_data
-        from .registry import create_model
+        from .registry import build_model
 
-        info = build_data(**cfg["data"]).info
-        create_model(cfg["model"]["name"], info, **{k: v for k, v in cfg["model"].items() if k != "name"})
+        build_model(cfg["model"], build_data(**cfg["data"]).info)
     print(dump(cfg), end="")
 
 

@@ -81,6 +81,11 @@ def check_model_args(name: str, kwargs: dict[str, Any], prefix: str = "model") -
                               f"valid keys: {', '.join(params)}")
 
 
+def build_model(section: dict[str, Any], data_info: dict[str, Any] | None = None):
+    """The model a config's ``model:`` section names, built with its other keys and the data's info."""
+    return create_model(section["name"], data_info, **{k: v for k, v in section.items() if k != "name"})
+
+
 def create_model(name: str, data_info: dict[str, Any] | None = None, **kwargs):
     """Build a registered model from its config arguments and the data's declared ``info``.
 

@@ -19,7 +19,7 @@ from .data.base import build_data, num_items
 from .distributed import Dist
 from .errors import ConfigError, ZooError
 from .optim import apply_update, build_optimizers, restore_schedulers, step_schedulers
-from .registry import create_model
+from .registry import build_model
 from .runlog import Progress, RunLog, new_run_dir
 from .runtime import StepWindow, StopRequests, autocast, compile_refusal, pick_device, prepare_model, seed_everything
 
@@ -44,9 +44,7 @@ class Trainer:
         self.data = build_data(**cfg["data"])  # arguments checked, info declared, nothing loaded yet
         if resume_ckpt is not None:
             ckpt_io.check_data_info(resume_ckpt, self.data.info, self.run_dir)
-        margs = {k: v for k, v in cfg["model"].items() if k != "name"}
-        self.model = prepare_model(create_model(cfg["model"]["name"], self.data.info, **margs).to(self.device), t,
-                                   self.device)
+        self.model = prepare_model(build_model(cfg["model"], self.data.info).to(self.device), t, self.device)
         if self.dist.enabled and self.model.manual_update:
             raise ZooError(f"model '{cfg['model']['name']}' updates by a rule, not by gradients, so its processes "
                            f"cannot average their steps; train it with plain zoo train (one process)")
