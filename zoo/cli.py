@@ -31,8 +31,12 @@ CAPABILITIES = ("sample", "reconstruct", "translate", "compress")
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 
 
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _err(msg: str, every_rank: bool = True) -> None:
+    """A line on stderr. Bad input is met alike by every process torchrun starts, so with ``every_rank`` False only
+    each machine's local rank 0 says it (one line, not one per process)."""
+    local_rank = os.environ.get("LOCAL_RANK", "0")
+    if every_rank or not (local_rank.isdigit() and int(local_rank) > 0):
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _which(checkpoint: str) -> str:
@@ -495,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                 _interrupted(command)
             return rc
     except ZooError as e:
-        _err(f"error: {e}")
+        _err(f"error: {e}", every_rank=False)
         return 2
     except Exit as e:
         return e.exit_code
@@ -504,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TyperException as e:  # usage errors; "no command" (its help already printed) has no message
         message = (e.format_message().splitlines() or ["no command given: pick one of those listed"])[0]
-        _err(f"error: {message} (see zoo --help)")
+        _err(f"error: {message} (see zoo --help)", every_rank=False)
         return 2
     except KeyboardInterrupt:
         _interrupted(command)

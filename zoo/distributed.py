@@ -50,9 +50,11 @@ class Dist:
         set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
-            if local_rank >= torch.cuda.device_count():
-                raise ZooError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices here; "
-                               f"start torchrun with --nproc_per_node at most {torch.cuda.device_count()}")
+            # every rank of the machine checks the count, so local rank 0 (the one that prints: cli.main) says it
+            local_world, n = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
+            if max(local_world, local_rank + 1) > n:
+                raise ZooError(f"torchrun starts {max(local_world, local_rank + 1)} processes on this machine but it "
+                               f"has {n} CUDA devices; start torchrun with --nproc_per_node at most {n}")
             torch.cuda.set_device(local_rank)
         owns = not dist.is_initialized()
         if owns:
