@@ -240,6 +240,32 @@ def test_visuals_share_the_scalars_step_axis_and_an_artifact_does_not_repeat_the
                                                                          "gan1d_curves_epoch001.png"}
 
 
+def test_a_run_killed_during_its_end_of_run_work_resumes_to_do_it_once(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Killed(Exception):
+        pass
+
+    def killed(self):
+        raise Killed
+
+    cfg = {"name": "v", "model": {"name": "gan1d", "width": 8, "depth": 1}, "data": {"name": "triangle1d", "n": 2000},
+           "train": {"epochs": 2, "batch_size": 1000, "device": "cpu", "best_metric": "none"}}
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "finish", killed)
+        with pytest.raises(Killed):
+            fit(load_config(cfg), tmp_path / "run")
+    # metrics.json said "finished" before the artifacts were made, so the resume was refused and they never came
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "running"
+    assert not (tmp_path / "run" / "gan1d_curves.png").exists()
+    tr = fit(load_config(cfg), tmp_path / "run", resume=True)
+    assert tr.metrics["status"] == "finished" and (tmp_path / "run" / "gan1d_curves.png").is_file()
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    acc.Reload()
+    # the last epoch's picture, logged before the kill, is not logged a second time as the artifact
+    assert [e.step for e in acc.Images("gan1d_curves")] == [e["step"] for e in tr.metrics["epochs"]] == [2, 4]
+
+
 def _hparams_tab(logdir: Path) -> dict[str, dict]:
     """What TensorBoard's HPARAMS tab shows for ``tensorboard --logdir LOGDIR``: run -> {hparam or metric: value},
     from the hparams plugin itself."""

@@ -226,6 +226,9 @@ class RunLog:
             except (ValueError, AttributeError, TypeError, KeyError):  # not the JSON this class writes
                 raise ZooError(f"'{path}' is not a metrics file zoo wrote (edited or damaged?); restore it, or "
                                "move it away to resume with the curves starting afresh") from None
+        if self.epochs and self.epochs[-1]["step"] == step:  # resumed at an epoch's end: its visuals are logged
+            suffix = f"_epoch{epoch - 1:03d}"
+            self.shown = (step, {p.stem[:-len(suffix)] for p in (self.run_dir / "samples").glob(f"*{suffix}.*")})
 
     def open(self, step: int, changes: dict[str, tuple] | None = None) -> None:
         """Create the run dir, write the resolved config, and start (or continue after ``step``) the events.

@@ -245,10 +245,10 @@ class Trainer:
             self.runlog.close()
             raise
         self.save()
-        out = self.runlog.metrics(status, self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)
         if status == "finished" and self.dist.is_main and not self.dry_run:  # a dry run stops at the epoch's end
-            self.finish()
-        elif status == "interrupted":
+            self.finish()  # before metrics.json says finished: a run killed in here resumes to finish again
+        out = self.runlog.metrics(status, self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)
+        if status == "interrupted":
             self.log(f"{stop.requested or 'stop'}: saved {self.run_dir} at epoch {self.epoch}, step {self.step}")
         self.runlog.close()
         self.dist.close()
