@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import struct
@@ -352,6 +353,9 @@ def test_on_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path):
     tr = fit(nan_config(on_nonfinite="skip"), tmp_path / "r")
     assert tr.metrics["status"] == "finished" and tr.metrics["nonfinite_skips"] == 2
     assert torch.isfinite(tr.model.w).all() and tr.model.w.abs().sum() > 0
+    # log_every 1: steps 7 and 10 trained nothing, so they have no history row (they had one with no values)
+    assert [h["step"] for h in tr.metrics["history"]] == [s for s in range(1, 21) if s not in (7, 10)]
+    assert all("fit" in h and math.isfinite(h["loss"]) for h in tr.metrics["history"])
 
 
 def test_metrics_json_and_eval_json_stay_strict_json_when_a_value_is_not_finite(tmp_path):

@@ -193,8 +193,9 @@ class StepWindow:
             j = i
             while j < len(self.open) and self.open[j][0] <= last:
                 j += 1
-            if step is not None and j > i:
-                self.logs.append((step, epoch, seen, seconds, _means([t for _, t in self.open[i:j]])))
+            # a log point whose steps were all skipped (train.on_nonfinite: skip) has nothing to show
+            if step is not None and j > i and (means := _means([t for _, t in self.open[i:j]])):
+                self.logs.append((step, epoch, seen, seconds, means))
             i = j
         del self.open[:i]
         self.marks = []
