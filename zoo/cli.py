@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -488,12 +489,19 @@ def _interrupted(command: str) -> None:
         "; resume with zoo train CONFIG --resume RUN_DIR" if command == "train" else ""))
 
 
+@functools.cache
+def _click_command():
+    """The click command typer builds from the functions above. ``app(...)`` builds it again on every call
+    (13 ms, evaluating each parameter's annotation), which tests that call ``main`` thousands of times pay."""
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit 2 on bad input; usage errors are folded to one line too."""
     args = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in args if not a.startswith("-")), "")
     try:
-        rc = app(args=args, standalone_mode=False, prog_name="zoo")
+        rc = _click_command()(args=args, standalone_mode=False, prog_name="zoo")
         if isinstance(rc, int):  # typer.Exit(code) raised in a command comes back as its code here
             if rc == 130 and command != "train":  # typer's answer to Ctrl-C; training prints its own
                 _interrupted(command)
