@@ -226,3 +226,13 @@ def test_dry_run_trains_two_steps_through_the_epoch_end_and_keeps_no_run_dir(tmp
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "tmp").glob("zoo-dry-run-*"))
     code, _, err = run_cli(capsys, "train", str(cfg), "--dry-run", "--resume", str(tmp_path))
     assert code == 2 and "drop --resume" in err
+
+
+def test_under_torchrun_only_each_machines_local_rank_0_prints_bad_input(tmp_path, monkeypatch, capsys):
+    missing = str(tmp_path / "nope.yaml")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a variable some launchers leave behind: alone it silences nothing
+    assert cli.main(["train", missing]) == 2 and "nope.yaml" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's second process: rank 0 says it for the machine
+    assert cli.main(["train", missing]) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert cli.main(["train", missing]) == 2 and "nope.yaml" in capsys.readouterr().err

@@ -35,8 +35,8 @@ SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 def _err(msg: str, every_rank: bool = True) -> None:
     """A line on stderr. Bad input is met alike by every process torchrun starts, so with ``every_rank`` False only
     each machine's local rank 0 says it (one line, not one per process)."""
-    local_rank = os.environ.get("LOCAL_RANK", "0")
-    if every_rank or not (local_rank.isdigit() and int(local_rank) > 0):
+    local_rank, world = os.environ.get("LOCAL_RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if every_rank or not (local_rank.isdigit() and int(local_rank) > 0 and world.isdigit() and int(world) > 1):
         print(msg, file=sys.stderr, flush=True)
 
 
