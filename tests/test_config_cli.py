@@ -236,3 +236,13 @@ def test_under_torchrun_only_each_machines_local_rank_0_prints_bad_input(tmp_pat
     assert cli.main(["train", missing]) == 2 and capsys.readouterr().err == ""
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert cli.main(["train", missing]) == 2 and "nope.yaml" in capsys.readouterr().err
+
+
+def test_usage_errors_are_one_line_and_help_works_on_every_call(capsys):
+    for _ in range(2):  # the click command is built once (cli._click_command) and serves every call
+        assert cli.main(["trian", "configs/vae.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "No such command 'trian'" in err and "'train'" in err, err
+        assert cli.main(["train"]) == 2 and "Missing argument 'config'" in capsys.readouterr().err
+        assert cli.main(["sample", "--bogus"]) == 2 and "No such option: --bogus" in capsys.readouterr().err
+        assert cli.main(["--help"]) == 0 and "translit" in capsys.readouterr().out
