@@ -152,8 +152,8 @@ def test_mutated_configs_fail_cleanly_before_any_data(config, no_data, capsys):
     raw = load_config(str(config))  # every key, defaults filled: mutations reach every setting
     must, may = mutations(raw, seed=len(config.stem))
     assert len(must) + len(may) >= 200, (config.name, len(must) + len(may))
-    ours = lambda items: [m for m in items if not about_train(m[0]) or train_owner()[m[0]] == config.stem]  # noqa: E731
-    must, may = ours(must), ours(may)
+    must, may = ([m for m in items if not about_train(m[0]) or train_owner()[m[0]] == config.stem]
+                 for items in (must, may))
     path = no_data / "fuzzed.yaml"
     for label, needle, text in must:
         path.write_bytes(text)

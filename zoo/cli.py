@@ -19,6 +19,7 @@ from typing import Any, Optional
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
+from .distributed import speaks_for_machine
 from .errors import ZooError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,10 +34,8 @@ SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 
 
 def _err(msg: str, every_rank: bool = True) -> None:
-    """A line on stderr. Bad input is met alike by every process torchrun starts, so with ``every_rank`` False only
-    each machine's local rank 0 says it (one line, not one per process)."""
-    local_rank, world = os.environ.get("LOCAL_RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    if every_rank or not (local_rank.isdigit() and int(local_rank) > 0 and world.isdigit() and int(world) > 1):
+    """A line on stderr; with ``every_rank`` False, under torchrun once per machine (``speaks_for_machine``)."""
+    if every_rank or speaks_for_machine():
         print(msg, file=sys.stderr, flush=True)
 
 
