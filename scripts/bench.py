@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from zoo.config import load_config  # noqa: E402
 from zoo.data import create_data  # noqa: E402
-from zoo.errors import positive, script_main  # noqa: E402
+from zoo.errors import out_file, positive, script_main  # noqa: E402
 from zoo.optim import build_optimizers  # noqa: E402
 from zoo.registry import create_model  # noqa: E402
 from zoo.runtime import autocast, pick_device, prepare_model, seed_everything  # noqa: E402
@@ -410,10 +410,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=positive(int), default=15, help="interleaved timing windows per loop")
     ap.add_argument("--window", type=positive(float), default=0.4, help="seconds per window (about)")
     ap.add_argument("--steps", type=positive(int), default=200, help="at most this many steps in the whole-run view")
-    ap.add_argument("--run-seconds", type=float, default=4.0, help="about this many seconds of steps in it")
+    ap.add_argument("--run-seconds", type=positive(float), default=4.0, help="about this many seconds of steps in it")
     ap.add_argument("--no-whole-run", action="store_true")
     ap.add_argument("--kmeans", action="store_true", help="only the kmeans_net vs scikit-learn race")
-    ap.add_argument("--out", type=Path, help="JSON file to write (default: bench/results.json for every config on "
+    ap.add_argument("--out", type=out_file, help="JSON file to write (default: bench/results.json for every config on "
                     "CPU without --set, bench/kmeans.json for --kmeans, else runs/bench/TIME.json)")
     ap.add_argument("--profile-run", help=argparse.SUPPRESS)
     ap.add_argument("--phases", type=Path, help=argparse.SUPPRESS)

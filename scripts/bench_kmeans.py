@@ -21,8 +21,10 @@ import torch
 
 from zoo.clustering import inertia, label_metrics, sklearn_kmeans
 from zoo.config import load_config
-from zoo.errors import positive
+from zoo.errors import ZooError, out_file, positive, script_main
 from zoo.trainer import fit
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kmeans.yaml"  # from any working dir
 
 VARIANTS = {
     "shipped": [],  # kmeans++, SGD lr 0.9 with cosine decay over 20 epochs, assignment held constant
@@ -49,7 +51,7 @@ def _finite(v):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default: all)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_kmeans/results.json"))
+    ap.add_argument("--out", type=out_file, default=Path("runs/bench_kmeans/results.json"))
     ap.add_argument("--threads", type=positive(int), default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,10 +59,10 @@ def main() -> None:
     results = {}
     ref = None
     for name in args.only or list(VARIANTS):
-        cfg = load_config("configs/kmeans.yaml", VARIANTS[name] + ["train.device=cpu"])
+        cfg = load_config(str(CONFIG), VARIANTS[name] + ["train.device=cpu"])
         run_dir = root / name
         if (run_dir / "checkpoints").exists():
-            raise SystemExit(f"{run_dir} exists: delete it or pass another --out")
+            raise ZooError(f"{run_dir} exists: delete it or pass another --out")
         t0 = time.perf_counter()
         trainer = fit(cfg, run_dir)
         seconds = time.perf_counter() - t0
@@ -90,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -11,6 +11,7 @@ import math
 import torch
 
 from zoo.data import create_data
+from zoo.errors import script_main
 from zoo.models.linear import LinearPurifier, pca, purifier_optimum
 
 
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

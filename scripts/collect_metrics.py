@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from zoo.errors import out_file, script_main
+
 
 def evaluate(run: str, extra: list[str]) -> dict:
     t0 = time.perf_counter()
@@ -29,7 +31,7 @@ def evaluate(run: str, extra: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
-    ap.add_argument("--out", default="runs/metrics.json")
+    ap.add_argument("--out", type=out_file, default="runs/metrics.json")
     ap.add_argument("--eval-args", default="", help="extra zoo eval arguments, e.g. '--no-fid'")
     args = ap.parse_args()
     results = []
@@ -49,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo import fid
+from zoo.errors import out_file, script_main
 from zoo.models.lenet import random_shift
 
 
@@ -29,7 +30,7 @@ def rotate(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--evaluator", default=None, help="lenet run dir (default runs/lenet, trained if missing)")
-    p.add_argument("--out", default="runs/fid_scale.json")
+    p.add_argument("--out", type=out_file, default="runs/fid_scale.json")
     args = p.parse_args()
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -18,7 +18,11 @@ from pathlib import Path
 import torch
 
 from zoo.config import load_config
+from zoo.errors import ConfigError, out_file, script_main
+from zoo.runtime import check_seed
 from zoo.trainer import Trainer
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gan1d.yaml"  # from any working dir
 
 RUNS = {
     "g_from_identity": [],
@@ -38,17 +42,26 @@ class Ctx:
         print(msg)
 
 
+def seed_arg(text: str) -> int:
+    """An argparse ``type``: a seed the config accepts."""
+    try:
+        check_seed("--seeds", value := int(text))
+    except (ValueError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default="runs/gan1d_check.json")
+    p.add_argument("--seeds", type=seed_arg, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=out_file, default="runs/gan1d_check.json")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for name, overrides in RUNS.items():
-                cfg = load_config("configs/gan1d.yaml", ["train.device=cpu", f"train.seed={seed}", *overrides])
+                cfg = load_config(str(CONFIG), ["train.device=cpu", f"train.seed={seed}", *overrides])
                 t0 = time.perf_counter()
                 tr = Trainer(cfg, Path(tmp) / f"{name}-{seed}", quiet=True, log=lambda s: None)
                 start = copy.deepcopy(tr.model)
@@ -65,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

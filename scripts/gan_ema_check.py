@@ -16,7 +16,7 @@ import torch
 
 from zoo import fid
 from zoo.checkpoint import load_run
-from zoo.errors import ZooError, script_main
+from zoo.errors import ZooError, out_file, script_main
 
 
 class _Generator:
@@ -34,7 +34,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a gan run dir, or one of its checkpoints (.pt)")
     p.add_argument("--evaluator", default=None, help="lenet run dir (default runs/lenet, trained if missing)")
-    p.add_argument("--out", default="runs/gan_ema_check.json")
+    p.add_argument("--out", type=out_file, default="runs/gan_ema_check.json")
     args = p.parse_args()
     model, cfg, _ = load_run(args.run, device="cpu")
     if getattr(model, "generator_ema", None) is None:

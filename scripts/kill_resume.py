@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from zoo.checkpoint import digest, load
-from zoo.errors import ZooError, script_main
+from zoo.errors import ZooError, out_file, script_main
 
 
 def zoo(*args: str) -> list[str]:
@@ -119,7 +119,7 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.ckpt_every=1")
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    p.add_argument("--out", type=out_file, default=None, help="write the result as JSON here")
     a = p.parse_args()
     if a.kills < 1:
         p.error("--kills must be at least 1")

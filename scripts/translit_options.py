@@ -16,6 +16,7 @@ commands.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -27,18 +28,32 @@ from zoo.errors import ZooError, script_main
 from zoo.models.translit import scores
 
 
+def listed(cast, low):
+    """An argparse ``type``: comma-separated finite numbers (``cast``), each at least ``low``."""
+    def parse(text: str) -> list:
+        try:
+            values = [cast(w) for w in text.split(",") if w.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                             f"{'integers' if cast is int else 'numbers'}") from None
+        if not all(math.isfinite(v) and v >= low for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be at least {low}")
+        return values
+    return parse
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
     ap.add_argument("--data", default=None, help="TSV/CSV of pairs (default: the run's validation split)")
-    ap.add_argument("--checkpoint", default="last")
-    ap.add_argument("--lexicon-weights", default="0.5,1,1.5,2,3,5",
+    ap.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    ap.add_argument("--lexicon-weights", type=listed(float, 0), default="0.5,1,1.5,2,3,5",
                     help="comma-separated lexicon_weight values swept on the run's decoding")
-    ap.add_argument("--word-weights", default="0,0.4,0.8,1.2,1.6,2.4",
+    ap.add_argument("--word-weights", type=listed(float, 0), default="0,0.4,0.8,1.2,1.6,2.4",
                     help="comma-separated word_weight values swept on the run's decoding (needs data.word_list)")
-    ap.add_argument("--channel-weights", default="0,0.3,0.6,0.9",
+    ap.add_argument("--channel-weights", type=listed(float, 0), default="0,0.3,0.6,0.9",
                     help="comma-separated channel_weight values swept on the run's decoding (needs channel members)")
-    ap.add_argument("--beams", default="",
+    ap.add_argument("--beams", type=listed(int, 1), default="",
                     help="comma-separated beam widths tried on the run's decoding, e.g. 20")
     ap.add_argument("--only-lexicon", action="store_true",
                     help="skip the decoding options of the translation model alone (beam, length_norm, LM, members)")
@@ -52,14 +67,9 @@ def main() -> None:
     sources, refs = [s for s, _ in pairs], [normalize_target(t) for _, t in pairs]
     if not model.target_lexicon:  # trained before the lexicon was data info: rebuild it from the training pairs
         model.target_lexicon = frozenset(create_data(**cfg["data"]).info["target_lexicon"])
-    try:
-        beams = [int(k) for k in args.beams.split(",") if k.strip()]
-    except ValueError:
-        ap.error(f"--beams takes comma-separated integers, not {args.beams!r}")
-    if any(k < 1 for k in beams):
-        ap.error("--beams: every width must be at least 1")
-    sweeps = {key: [float(w) for w in getattr(args, key.replace("_weight", "_weights")).split(",") if w.strip()]
-              for key in ("lexicon_weight", "word_weight", "channel_weight")}
+    beams = args.beams
+    sweeps = {key: getattr(args, key.replace("_weight", "_weights")) for key in ("lexicon_weight", "word_weight",
+                                                                                  "channel_weight")}
     members, r2l, channel = list(model.members), list(model.r2l), list(model.channel)
     n_l, n_r, n_c = len(members), len(r2l), len(channel)
     # every setting: the run's own decoding with some of these keys changed

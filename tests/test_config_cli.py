@@ -51,6 +51,8 @@ BAD = [
     (["train.optimizers={g: {momentum: 0.5}}"], "'train.optimizers.g.momentum' is for sgd"),
     (["train.optimizer.name=sgd", "train.optimizer.momentum=1.5"], "momentum' must be in"),  # diverges
     (["train.scheduler.name=exponential", "train.scheduler.min_lr=0.01"], "cosine schedule only"),  # no floor
+    (["train.seed=4294967296"], "'train.seed' must be an integer in [0, 4294967295]"),  # seed × 1,000,003 + epoch
+    (["data.seed=20000000000000"], "'data.seed' must be an integer in [0, 4294967295]"),  # overflowed 64 bits
 ]
 
 
@@ -62,6 +64,14 @@ def test_config_errors_name_the_key(overrides, needle, tmp_path, monkeypatch):
         cfg = load_config("configs/vae.yaml", overrides)
         from zoo.trainer import Trainer  # values only a constructor can check surface here, still before data
         Trainer(cfg, tmp_path / "run", quiet=True)
+
+
+def test_the_largest_seed_trains(tmp_path):
+    from zoo.trainer import fit
+
+    cfg = load_config("configs/gan1d.yaml", ["train.seed=4294967295", "data.seed=4294967295", "data.n=200",
+                                             "train.epochs=2", "train.batch_size=100"])
+    assert fit(cfg, tmp_path / "run").metrics["status"] == "finished"
 
 
 def test_nullable_keys_accept_null_and_groups_type_check_against_the_schema():
@@ -166,13 +176,21 @@ def test_scripts_end_bad_input_with_one_error_line_and_status_2(argv, tmp_path):
     (["bench_pair.py", "configs/purifier.yaml", "--rounds", "-1"], "--rounds: -1 must be above 0"),
     (["closed_forms.py", "--bogus"], "unrecognized arguments: --bogus"),
     (["translit_options.py", "{tmp}/lae"], "this script measures transliterator runs"),
+    (["translit_options.py", "--lexicon-weights", "a,b", "{tmp}/lae"], "not a comma-separated list of numbers"),
+    (["translit_options.py", "--checkpoint", "bogus", "{tmp}/lae"], "invalid choice: 'bogus'"),
+    (["bench.py", "--run-seconds", "nan", "configs/linear_ae.yaml"], "--run-seconds: nan must be above 0"),
+    # --out is checked before the work (hours of it for some), not when the results are written
+    (["collect_metrics.py", "runs/x", "--out", "{tmp}"], "is a directory"),
+    (["kill_resume.py", "configs/gan1d.yaml", "--out", "{tmp}"], "is a directory"),
+    (["fid_scale.py", "--out", "README.md/fid.json"], "README.md is a file, not a folder"),
+    (["gan1d_check.py", "--seeds", "-1"], "'--seeds' must be an integer in [0, 4294967295]"),
 ])
 def test_scripts_refuse_meaningless_options_with_status_2(argv, needle, tmp_path):
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    if "{tmp}" in argv[-1]:  # a run of another model (one epoch on two points)
+    if "{tmp}/lae" in argv[-1]:  # a run of another model (one epoch on two points)
         from zoo.trainer import fit
 
         fit(load_config({"model": {"name": "linear_ae", "k": 1}, "data": {"name": "homework", "problem": "hw6_q1a"},
@@ -236,6 +254,23 @@ def test_under_torchrun_only_each_machines_local_rank_0_prints_bad_input(tmp_pat
     assert cli.main(["train", missing]) == 2 and capsys.readouterr().err == ""
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert cli.main(["train", missing]) == 2 and "nope.yaml" in capsys.readouterr().err
+
+
+def test_a_half_set_or_mistyped_torchrun_environment_is_one_line(tmp_path, monkeypatch, capsys):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for env, needle in (({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a process count"),
+                        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT unset"),
+                        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+                         "RANK=2 is not below WORLD_SIZE")):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        for argv in (["train", "configs/gan1d.yaml", "--run-dir", str(tmp_path / "run")],
+                     ["train", "configs/gan1d.yaml", "--dry-run"]):
+            assert cli.main(argv) == 2, (env, argv)
+            err = capsys.readouterr().err.strip()
+            assert needle in err and len(err.splitlines()) == 1, (env, err)
+        assert not (tmp_path / "run").exists()
 
 
 def test_usage_errors_are_one_line_and_help_works_on_every_call(capsys):

@@ -265,6 +265,39 @@ def test_a_best_metric_the_model_does_not_log_is_an_error_before_training(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_refused_start_removes_only_what_it_wrote_and_never_takes_a_folder_of_other_files(tmp_path, capsys):
+    path = tmp_path / "seqs.txt"
+    write_sequences(path, 80, vocab=10)
+    cfg = tmp_path / "seq.yaml"
+    cfg.write_text(yaml.safe_dump(seq_config(path)))
+    late = ["train.best_metric=train/eta", "--quiet"]  # refused after epoch 1, when the run dir has files
+    empty, dead = tmp_path / "empty", tmp_path / "dead"
+    empty.mkdir()
+    dead.mkdir()
+    (dead / "config.yaml").write_text("name: dead\n")  # what a start killed before its first checkpoint leaves
+    (dead / "samples").mkdir()
+    for given in (empty, dead):
+        before = sorted(p.name for p in given.iterdir())
+        assert main(["train", str(cfg), "--run-dir", str(given), *late]) == 2
+        assert "train.best_metric" in capsys.readouterr().err
+        assert sorted(p.name for p in given.iterdir()) == before, given
+    project = tmp_path / "project"  # a config.yaml among other files is a project, not a run dir
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text("name: mine\n")
+    (project / "notes.txt").write_text("keep me")
+    assert main(["train", str(cfg), "--run-dir", str(project), *late]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a run dir" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "notes.txt", "src"]
+    run = tmp_path / "run"  # a run whose last.pt is gone still holds one: --resume falls back to step-N.pt
+    fit(load_config(seq_config(path, max_steps=2)), run)
+    (run / "checkpoints" / "last.pt").unlink()
+    kept = sorted(p.name for p in run.rglob("*"))
+    assert list((run / "checkpoints").glob("step-*.pt"))
+    assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err and sorted(p.name for p in run.rglob("*")) == kept
+
+
 # ---- the CLI is keyed by capability --------------------------------------------------------------------------
 def test_commands_check_the_capability_they_need(tmp_path, capsys):
     path = tmp_path / "seqs.txt"
@@ -277,6 +310,13 @@ def test_commands_check_the_capability_they_need(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"cannot {argv[0]}" in err
     assert not (tmp_path / "s.png").exists()
+    for flags, needle in ((["--iw-samples", "5"], "no importance-weighted bound"),  # flags read by other models
+                          (["--evaluator", str(tmp_path / "run")], "no FID-LeNet here"),
+                          (["--views", "3"], "does not vote"), (["--data", str(path)], "not on a file")):
+        assert main(["eval", str(tmp_path / "run"), "--no-baselines", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and flags[0] in err, err
+    assert main(["eval", str(tmp_path / "run"), "--no-baselines", "--json"]) == 0  # none of them given: it runs
 
 
 def test_reconstruct_writes_originals_above_their_reconstructions(mnist_root, tmp_path, capsys):

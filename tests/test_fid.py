@@ -116,8 +116,17 @@ def test_stopping_the_on_demand_evaluator_training_stops_the_command(tmp_path, m
     class Stopped:
         metrics = {"status": "interrupted", "epochs": []}
 
-    monkeypatch.setattr("zoo.trainer.fit", lambda *a, **k: Stopped())
-    ctx = Ctx(str(tmp_path / "lenet"))
-    with pytest.raises(KeyboardInterrupt):  # zoo eval then exits 130, instead of using half-trained weights
-        fid.load_evaluator(ctx)
+    threads, before = [], torch.get_num_threads()
+    monkeypatch.setattr("zoo.trainer.fit", lambda *a, **k: threads.append(torch.get_num_threads()) or Stopped())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    ctx = Ctx()
+    torch.set_num_threads(1)  # a user's one-thread setting (OMP_NUM_THREADS=1): the evaluator must not follow it
+    try:
+        with pytest.raises(KeyboardInterrupt):  # zoo eval then exits 130, instead of using half-trained weights
+            fid.load_evaluator(ctx)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     assert any("--resume" in m for m in ctx.messages)
+    assert threads == [fid.TRAIN_THREADS] and after == 1  # its own count while it trains, the user's afterwards

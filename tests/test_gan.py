@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import yaml
 from torch import nn
 
 from zoo import fid, visuals
@@ -365,14 +366,22 @@ def test_generative_metrics_of_real_images_and_of_noise(small_lenet_run, monkeyp
 
 
 def test_missing_evaluator_is_trained_on_demand_with_a_message(mnist_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(fid, "TRAIN_OVERRIDES", [f"data.root={mnist_root}", "data.limit=500", "train.epochs=1",
-                                                 "train.device=cpu"])
-    ctx = Ctx(options={"evaluator": str(tmp_path / "lenet")})
-    lenet = fid.load_evaluator(ctx)
-    assert (tmp_path / "lenet" / "checkpoints" / "last.pt").is_file()
-    assert any("training one now" in m for m in ctx.messages)
+    from zoo.errors import ZooError
+
+    recipe = tmp_path / "lenet.yaml"  # the recipe, shrunk: what the on-demand training reads
+    recipe.write_text(yaml.safe_dump(load_config("configs/lenet.yaml", [
+        f"data.root={mnist_root}", "data.limit=500", "train.epochs=1", "train.device=cpu"])))
+    monkeypatch.setattr(fid, "_recipe_path", lambda: recipe)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    with pytest.raises(ZooError, match="neither a trained run dir nor a checkpoint"):  # a named one must exist
+        fid.load_evaluator(Ctx(options={"evaluator": str(tmp_path / "lenett")}))
+    assert not (tmp_path / "lenett").exists()
+    ctx, info = Ctx(), {}  # the default, runs/lenet, is trained on demand
+    lenet = fid.load_evaluator(ctx, info=info)
+    assert (tmp_path / fid.DEFAULT_EVALUATOR / "checkpoints" / "last.pt").is_file()
+    assert any("training one now" in m for m in ctx.messages) and info["evaluator_matches_recipe"]
     assert lenet.features(torch.zeros(2, 1, 28, 28)).shape == (2, 128)
-    assert any("not from the recipe" in m for m in ctx.messages)  # shrunk by TRAIN_OVERRIDES: flagged
     ctx.messages.clear()
     fid.load_evaluator(ctx)  # the second time it is found, not retrained
     assert not any("training one now" in m for m in ctx.messages)

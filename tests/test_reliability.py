@@ -269,6 +269,32 @@ def test_export_to_safetensors_samples_and_evaluates_like_the_checkpoint(tmp_pat
     assert (from_file["run"], from_run["run"]) == (str(out), str(run))  # the JSON names what was evaluated
 
 
+def test_a_failed_image_write_keeps_the_previous_file_whole(tmp_path, monkeypatch, capsys):
+    import torchvision.utils
+    from PIL import Image
+
+    run, out, pic = small_vae(tmp_path), tmp_path / "s.png", tmp_path / "in.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(pic)
+    assert main(["sample", str(run), "-n", "4", "-o", str(out)]) == 0
+    assert main(["compress", str(pic), "-o", str(tmp_path / "c.png"), "-k", "2"]) == 0
+    before = {p: p.read_bytes() for p in (out, tmp_path / "c.png")}
+
+    def disk_full(*args, **kwargs):  # a partial file, then the error, as on a full disk
+        target = args[1] if len(args) > 1 and isinstance(args[1], (str, Path)) else kwargs.get("fp", args[-1])
+        Path(target).write_bytes(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torchvision.utils, "save_image", disk_full)
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: disk_full(self, fp))
+    capsys.readouterr()
+    for argv in (["sample", str(run), "-n", "64", "-o", str(out)],
+                 ["compress", str(pic), "-o", str(tmp_path / "c.png"), "-k", "2"]):
+        err = one_line_error(capsys, main(argv))
+        assert "No space left" in err or "cannot write" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
 def test_checkpoint_best_of_a_trained_run_without_one_says_why_not_train_it_first(tmp_path, capsys):
     for metric, why in (("none", "its train.best_metric is none"), ("val/loss", "before a validation improves")):
         run = tmp_path / metric.replace("/", "_")
@@ -383,6 +409,26 @@ def test_an_unwritable_run_dir_fails_before_training(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(gan1d()))
     err = one_line_error(capsys, main(["train", str(cfg), "--run-dir", str(blocker / "run"), "--quiet"]))
     assert "cannot write the run dir" in err
+
+
+def test_a_full_disk_as_the_run_starts_leaves_no_run_dir_and_no_half_written_file(tmp_path, capsys, monkeypatch):
+    real_write = Path.write_text
+
+    def full(self, data, *args, **kwargs):
+        if self.name != ".config.yaml.tmp":
+            return real_write(self, data, *args, **kwargs)
+        real_write(self, data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    cfg = tmp_path / "n.yaml"
+    cfg.write_text(yaml.safe_dump(gan1d()))
+    given = tmp_path / "given"
+    given.mkdir()
+    for run in (tmp_path / "new", given):
+        err = one_line_error(capsys, main(["train", str(cfg), "--run-dir", str(run), "--quiet"]))
+        assert "No space left on device" in err
+    assert not (tmp_path / "new").exists() and list(given.iterdir()) == []
 
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
@@ -548,6 +594,16 @@ def test_translit_answers_one_line_per_input_line_whatever_the_input(translit_ru
         passing = [t for t in given.split() if not any(c.isalpha() for c in t)]  # digits, punctuation
         assert all(t in got.split() for t in passing), (label, given, got)
     assert "Traceback" not in captured.err
+
+
+def test_closed_standard_streams_are_one_line(translit_run):
+    """Started with stdin or stdout closed (<&- or >&-): Python sees None, which used to end in a traceback."""
+    zoo = f"{sys.executable} -m zoo"
+    for shell, needle in ((f"{zoo} translit {translit_run} <&-", "stdin is closed"),
+                          (f"{zoo} translit {translit_run} ahlan >&-", "stdout is closed"),
+                          (f"{zoo} list >&-", "stdout is closed")):
+        done = subprocess.run(["bash", "-c", shell], stderr=subprocess.PIPE, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and needle in done.stderr, (shell, done.stderr)
 
 
 def test_translit_refuses_contradictory_options_in_one_line(translit_run, tmp_path, capsys):

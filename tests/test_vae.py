@@ -239,7 +239,7 @@ def test_tensorboard_grids_keep_the_traversal_rows_and_the_reconstruction_pairs(
             shown[tag] = "figure"
 
     with torch.no_grad():
-        write({**m.artifacts(Test(), tmp_path), **m.visuals((torch.rand(5, 1, 8, 8), None))}, Writer(), 0, None)
+        write({**m.artifacts(Test(), tmp_path), **m.visuals((torch.rand(5, 1, 8, 8), None))}, Writer(), 0, tmp_path)
     cell = 8 + 2
     assert shown["latent_traversal"] == (3, 8 * cell + 2, 11 * cell + 2)  # 8 dimensions x 11 steps
     assert Image.open(tmp_path / "latent_traversal.png").size == (11 * cell + 2, 8 * cell + 2)  # as the file

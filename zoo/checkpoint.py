@@ -251,12 +251,12 @@ def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool,
     """(checkpoint to resume or None, changed train keys as {key: (old, new)}). A fresh run refuses a dir that
     already holds one; a resume loads the newest good checkpoint and checks the config against it."""
     if not resume:
-        if (Path(run_dir) / "checkpoints" / "last.pt").exists():
+        here = Path(run_dir)
+        if any((here / "checkpoints").glob("*.pt")):  # last.pt, or only step-N.pt/best.pt, which resume finds
             raise ZooError(f"'{run_dir}' already holds a run; use --resume {run_dir} to continue it or pick "
                            f"another --run-dir")
-        here = Path(run_dir)
-        if here.is_dir() and any(here.iterdir()) and not (here / "config.yaml").is_file():
-            # '--run-dir ""' is the working dir: a run's files must not land among a project's
+        if here.is_dir() and not all(_start_leftover(p) for p in here.iterdir()):
+            # '--run-dir .' is the working dir: a run's files must not land among a project's, nor be cleared
             raise ZooError(f"'{run_dir}' is a folder with other files in it, not a run dir; pick a new or empty "
                            "--run-dir")
         return None, {}
@@ -271,6 +271,15 @@ def start_or_resume(run_dir: Path, cfg: dict, resume: bool, allow_changes: bool,
     if was != cfg["data"].get("root"):
         log(f"data.root is now {cfg['data'].get('root')!r} (was {was!r}): resuming on the data found there")
     return ck, {k: (ck["config"]["train"][k], cfg["train"][k]) for k in changed}
+
+
+START_FILES = {"config.yaml", "config.original.yaml", "changes.yaml", "metrics.json", ".config.yaml.tmp",
+               "checkpoints", "samples"}
+
+
+def _start_leftover(path: Path) -> bool:
+    """What a start that died before its first checkpoint leaves: a fresh start may reuse a dir of these."""
+    return path.name in START_FILES or path.name.startswith("events.out.tfevents.")
 
 
 def _finished(run_dir: Path) -> bool:

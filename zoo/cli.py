@@ -19,8 +19,9 @@ from typing import Any, Optional
 import typer
 from typer.exceptions import Abort, Exit, TyperException
 
-from .distributed import speaks_for_machine
+from .distributed import launch_env, speaks_for_machine
 from .errors import ZooError
+from .runtime import SEED_MAX
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, sample and inspect the zoo's models from YAML configs.")
@@ -30,7 +31,6 @@ app.add_typer(config_app, name="config")
 
 #: What a model can do besides training, each an optional ZooModel method; a command that needs one checks it.
 CAPABILITIES = ("sample", "reconstruct", "translate", "compress")
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits
 
 
 def _err(msg: str, every_rank: bool = True) -> None:
@@ -160,7 +160,7 @@ def _dry_run(cfg: dict, quiet: bool, batches: int = 2) -> None:
     from .data import data_parameters
     from .trainer import Trainer
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launch_env()["world"] > 1:
         raise ZooError("--dry-run runs in one process; run it with plain zoo train, not torchrun")
     cfg["train"].update(epochs=1, max_steps=None, log_every=1)  # one epoch, each step logged
     if "limit" in data_parameters(cfg["data"]["name"]) and cfg["data"].get("limit") is None:
@@ -260,8 +260,9 @@ def evaluate(
     data_path: Optional[Path] = typer.Option(None, "--data", help="evaluate on this file instead of the run's "
                                              "held-out split (models that read one, e.g. word pairs)"),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="FID-LeNet and mode coverage for models that sample"),
-    iw_samples: int = typer.Option(100, "--iw-samples", min=0, max=100000,
-                                   help="importance samples per test image for likelihood bounds (0: skip)"),
+    iw_samples: Optional[int] = typer.Option(None, "--iw-samples", min=0, max=100000,
+                                             help="importance samples per test image for likelihood bounds "
+                                                  "(default 100; 0: skip)"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                    help="reference methods on the same data (the slow part of some evals)"),
     views: int = typer.Option(1, "--views", min=1, max=360,
@@ -283,6 +284,12 @@ def evaluate(
                        f"drop --data")
     if views > 1 and not model.evaluates_views:
         raise ZooError(f"--views: model '{cfg['model']['name']}' does not vote over augmented copies; drop --views")
+    if iw_samples is not None and not model.evaluates_iw_samples:
+        raise ZooError(f"--iw-samples: model '{cfg['model']['name']}' has no importance-weighted bound; "
+                       f"drop --iw-samples")
+    if evaluator is not None and not (fid and callable(getattr(model, "sample", None))):
+        raise ZooError(f"--evaluator: no FID-LeNet here (model '{cfg['model']['name']}' draws no samples, or "
+                       f"--no-fid); drop --evaluator")
     if data_path is not None and not data_path.is_file():
         raise ZooError(f"--data {data_path}: no such file")
     seed_everything(seed)
@@ -292,7 +299,8 @@ def evaluate(
         data = _OnDemand(lambda: create_data(**cfg["data"]).to(dev))
     path = find_checkpoint(run, checkpoint)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    options = {"evaluator": evaluator, "data": data_path, "iw_samples": iw_samples, "views": views}
+    options = {"evaluator": evaluator, "data": data_path, "iw_samples": 100 if iw_samples is None else iw_samples,
+               "views": views}
     ctx = EvalContext(dev, run_dir, seed, cfg, options, baselines)
     shown = run_dir if path.parent.name == "checkpoints" else path  # a lone file (an export) names itself
     out: dict[str, Any] = {"run": str(shown), "model": ck["model_name"], "epoch": ck["epoch"], "step": ck["step"]}
@@ -370,6 +378,8 @@ def translit(
     require(model, "translate", cfg)
     if beam is not None and nbest > beam:
         raise ZooError(f"--nbest {nbest} needs a beam at least as wide: add --beam {nbest}")
+    if text is None and sys.stdin is None:  # started with stdin closed (<&-)
+        raise ZooError("no TEXT and stdin is closed: give the text, or pipe a file (zoo translit RUN < words.txt)")
     for stream in (sys.stdout, sys.stdin):  # UTF-8 whatever the locale; undecodable input bytes never crash
         try:
             stream.reconfigure(encoding="utf-8", errors="replace")
@@ -499,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit 2 on bad input; usage errors are folded to one line too."""
     args = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in args if not a.startswith("-")), "")
+    if sys.stdout is None or sys.stderr is None:  # started with >&- or 2>&-: nowhere to answer
+        if sys.stderr is not None:
+            _err("error: stdout is closed; send it to a file or to /dev/null")
+        return 2
+    for stream in (sys.stdout, sys.stderr):  # a path or word the terminal's encoding lacks prints escaped
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         rc = _click_command()(args=args, standalone_mode=False, prog_name="zoo")
         if isinstance(rc, int):  # typer.Exit(code) raised in a command comes back as its code here

@@ -251,11 +251,7 @@ class ClusterModel:
         write_table_csv(table, Path(run_dir) / "cluster_table.csv")
         out = {"cluster_table": table_heatmap(table)}
         if len(self.image_shape) == 3:
-            from torchvision.utils import save_image
-
             out["centers"] = self.prototype_images()
-            save_image(out["centers"].images.cpu(), str(Path(run_dir) / "centers.png"), nrow=out["centers"].nrow,
-                       pad_value=1.0)
         return out
 
     def prototype_images(self) -> Grid:

@@ -29,7 +29,7 @@ def load_rgb(path: str | Path) -> torch.Tensor:
 
     path = Path(path)
     if not path.is_file():
-        raise ZooError(f"image '{path}' does not exist")
+        raise ZooError(f"image '{path}' " + ("does not exist" if not path.exists() else "is not a file"))
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
@@ -63,7 +63,10 @@ def _to_8bit(im):
 def save_rgb(pixels: torch.Tensor, path: str | Path) -> None:
     from PIL import Image
 
-    Image.fromarray(pixels.cpu().numpy(), "RGB").save(path)
+    from .visuals import replacing
+
+    with replacing(path) as tmp:
+        Image.fromarray(pixels.cpu().numpy(), "RGB").save(tmp)
 
 
 def fit_net(x: torch.Tensor, k: int, generator: torch.Generator, epochs: int = 3, batch_size: int = 1024,

@@ -19,6 +19,7 @@ import yaml
 from .data.base import COMMON_OPTIONS, data_class, data_parameters
 from .errors import ConfigError, ZooError, suggest
 from .registry import check_model_args, model_info
+from .runtime import check_seed
 
 # fused: torch's one-kernel update (fewer launches on a GPU); it rounds differently from the default, ~1e-7
 OPTIMIZER = {"name": "adam", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999],
@@ -159,6 +160,7 @@ def _validate_values(cfg: dict) -> None:
     for path in (*NON_NEGATIVE, *(k for k, v in optimizer_paths.items() if v in NON_NEGATIVE)):
         if get(path) < 0:
             raise ConfigError(f"'{path}' must be >= 0, got {get(path)}")
+    check_seed("train.seed", cfg["train"]["seed"])
     for section in ("train.optimizer", *groups):
         betas = get(f"{section}.betas")
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):

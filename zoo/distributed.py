@@ -30,6 +30,27 @@ def speaks_for_machine() -> bool:
     return not (local_rank.isdigit() and int(local_rank) > 0 and world.isdigit() and int(world) > 1)
 
 
+def launch_env() -> dict[str, int]:
+    """WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE as torchrun sets them (a plain run: a world of 1), checked:
+    variables left half-set or mistyped by hand are one line, not a ValueError from deep in torch."""
+    env = os.environ
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    for name in names:
+        if name in env and not env[name].strip().isdigit():
+            raise ZooError(f"{name}={env[name]!r} is not a process count or index; launch with torchrun, or unset "
+                           f"{name} for one process")
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world > 1:
+        missing = [n for n in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(n)]
+        if missing or not int(env["RANK"]) < world:
+            what = f"{', '.join(missing)} unset" if missing else f"RANK={env['RANK']} is not below WORLD_SIZE"
+            raise ZooError(f"WORLD_SIZE={world} but {what}: start several processes with torchrun (it sets them "
+                           f"all), or unset WORLD_SIZE for one process")
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    return {"world": world, "rank": int(env.get("RANK", "0")), "local_rank": local_rank,
+            "local_world": int(env.get("LOCAL_WORLD_SIZE", local_rank + 1))}
+
+
 class Dist:
     """This process's place in the group; every method is a no-op (or the identity) for a single process."""
 
@@ -49,17 +70,17 @@ class Dist:
     @classmethod
     def from_env(cls, device: str) -> "Dist":
         """Join the group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK; a plain run is a group of one."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        env = launch_env()
+        world, rank, local_rank, local_world = env["world"], env["rank"], env["local_rank"], env["local_world"]
         if world <= 1:
             return cls()
         import torch.distributed as dist
 
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         set_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
             # every rank of the machine checks the count, so local rank 0 (the one that prints: cli.main) says it
-            local_world, n = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
+            n = torch.cuda.device_count()
             if max(local_world, local_rank + 1) > n:
                 raise ZooError(f"torchrun starts {max(local_world, local_rank + 1)} processes on this machine but it "
                                f"has {n} CUDA devices; start torchrun with --nproc_per_node at most {n}")

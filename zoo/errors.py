@@ -28,6 +28,9 @@ def script_main(entry) -> None:
     except ZooError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # a file the script reads or writes (a full disk, a path that vanished)
+        print(f"error: {e.strerror or e}: {e.filename or ''}; free the disk or pick another path", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def positive(cast=int):
@@ -45,3 +48,23 @@ def positive(cast=int):
             raise argparse.ArgumentTypeError(f"{text} must be above 0")
         return value
     return parse
+
+
+def out_file(text: str):
+    """An argparse ``type`` for ``--out``: a file that can be written, checked before the work (which may take
+    hours) rather than after it; else argparse's usage error."""
+    import argparse
+    import os
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path such as {path / 'out.json'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the folders the script will create
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written here; pick another path")
+    return path

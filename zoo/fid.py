@@ -32,6 +32,10 @@ RECIPE_KEYS = {"model": None, "data": ("name", "val_size", "limit"),  # what set
 # options added after evaluators were trained: at these values they leave an evaluator's recipe id as it was
 LATER_DEFAULTS = {"train": {"optimizer": {"fused": False}}}
 N_SAMPLES = 10_000
+# CPU threads of the on-demand training, whatever OMP_NUM_THREADS says: the count changes the order of the sums in
+# the kernels, so the weights (f268e79106566d17 for the recipe with 2 threads and torch 2.14, 0.05 apart after 100
+# steps with 1 thread)
+TRAIN_THREADS = 2
 TRAIN_OVERRIDES: list[str] = []  # dotted overrides for the on-demand evaluator training (tests shrink it)
 
 
@@ -111,7 +115,11 @@ def load_evaluator(ctx=None, evaluator: str | Path | None = None, device=None, i
     # named by the user (even as runs/lenet, which the refusal below tells them to do): used, but flagged
     explicit = bool(evaluator or options.get("evaluator") or os.environ.get("ZOO_EVALUATOR"))
     device = device or getattr(ctx, "device", None) or "cpu"
-    if not (run / "checkpoints" / "last.pt").is_file() and run.suffix != ".pt":
+    if not (run / "checkpoints" / "last.pt").is_file() and not run.is_file():
+        if explicit:  # a typo must not start a training run at the typo's path
+            raise ZooError(f"the FID evaluator '{run}' is neither a trained run dir nor a checkpoint file; give a "
+                           f"lenet run (zoo train {RECIPE} --run-dir {run}), or leave --evaluator out to use "
+                           f"{DEFAULT_EVALUATOR}, trained on demand")
         _train_evaluator(run, ctx)
     model, cfg, ckpt = load_run(run, device=device)
     if ckpt["model_name"] != "lenet":
@@ -151,7 +159,12 @@ def _train_evaluator(run: Path, ctx) -> None:
     _log(ctx, f"FID evaluator: no trained lenet at '{run}'; training one now with {rel} (a few minutes on a CPU, "
               f"done once; later evaluations reuse it)")
     cfg = load_config(path, TRAIN_OVERRIDES)
-    trainer = fit(cfg, run, quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        trainer = fit(cfg, run, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
     if trainer.metrics["status"] == "interrupted":  # Ctrl-C or SIGTERM: stop here, as the command was asked to
         _log(ctx, f"FID evaluator training stopped; resume it with zoo train {run / 'config.yaml'} --resume {run}")
         raise KeyboardInterrupt

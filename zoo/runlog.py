@@ -4,10 +4,12 @@ that keeps the same bookkeeping and writes nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
+import shutil
 import socket
 import struct
 import time
@@ -214,6 +216,8 @@ class RunLog:
         self.writer: Any = _NoWriter()
         self.written = time.monotonic()
         self.shown: tuple[int, set[str]] = (-1, set())  # the step and names of the last visuals logged
+        self.found: set[str] | None = None  # what the run dir held before open (None: no dir), for discard
+        self.opened = False
 
     def reload(self, step: int, epoch: int) -> None:
         """Keep what metrics.json recorded up to a resumed checkpoint (step, epoch), drop what came after."""
@@ -240,6 +244,8 @@ class RunLog:
         if not self.enabled:
             return
         config = self.run_dir / "config.yaml"
+        self.found = {p.name for p in self.run_dir.iterdir()} if self.run_dir.is_dir() else None
+        self.opened = True
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if step == 0:  # leftovers of a start that died before its first checkpoint belong to no run
@@ -257,6 +263,10 @@ class RunLog:
             os.replace(tmp, config)
             self.writer = EventFile(self.run_dir, purge_step=step + 1 if step else None)
         except OSError as e:
+            if self.found is None:  # made here, holding nothing of use
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a dir that was there keeps what it held, not our half-write
+                (self.run_dir / ".config.yaml.tmp").unlink(missing_ok=True)
             raise ZooError(f"cannot write the run dir '{self.run_dir}' ({e.strerror or e}); pick another "
                            f"--run-dir or free the disk") from None
         if step == 0 or changes:  # a resume that changed train keys: the config in force from the next step on
@@ -292,12 +302,12 @@ class RunLog:
             self.shown = (step, set(items))
 
     def artifacts(self, items: dict[str, Any], step: int) -> None:
-        """End-of-training outputs: figures and text into the run dir (models write their own image files). One
-        named like a visual of the last epoch (a model's final curves or centres) is that picture again, at that
-        same step: TensorBoard keeps the epoch's alone."""
+        """End-of-training outputs: images, figures and text into the run dir as NAME.png/.txt. One named like a
+        visual of the last epoch (a model's final curves or centres) is that picture again, at that same step:
+        TensorBoard keeps the epoch's alone."""
         if self.enabled:
             again = self.shown[1] if self.shown[0] == step else set()
-            vis.write(items, self.writer, step, self.run_dir, image_files=False, skip_tensorboard=again)
+            vis.write(items, self.writer, step, self.run_dir, skip_tensorboard=again)
 
     def metrics(self, status: str, epoch: int, step: int, best: float, **extra) -> dict:
         """metrics.json (written atomically): status, position, best value, per-epoch rows and history."""
@@ -358,6 +368,19 @@ class RunLog:
                     os.replace(tmp, path)
             except (OSError, DecodeError):  # a damaged or unwritable old file: it keeps its summary, the run ends
                 continue
+
+    def discard(self) -> None:
+        """Remove what this run wrote (a start refused in its first epoch): the whole dir if it made it, else
+        only the entries it added (a dir named with --run-dir may have been there, empty or a dead start's)."""
+        self.close()
+        if not (self.enabled and self.opened):
+            return
+        if self.found is None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        for path in self.run_dir.iterdir():
+            if path.name not in self.found:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.writer.close()

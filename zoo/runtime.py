@@ -35,6 +35,15 @@ def pick_device(name: str, precision: str = "fp32", what: str = "train.device") 
     return torch.device(name)
 
 
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's range; seeds derived from it (seed × 1,000,003 + epoch) fit in 64 bits
+
+
+def check_seed(key: str, value) -> None:
+    """A seed is an integer in [0, SEED_MAX]: larger ones overflow the 64-bit seeds derived from them."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"'{key}' must be an integer in [0, {SEED_MAX}], got {value!r}")
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
 

@@ -7,7 +7,6 @@ continues with the numbers of an uninterrupted one; under torchrun each process 
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -235,10 +234,8 @@ class Trainer:
         try:
             with StopRequests() as stop:
                 status = self._loop(stop)
-        except ConfigError:
-            self.runlog.close()
-            if fresh and self.dist.is_main and self.epoch == 0:  # a config error found in the first epoch
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+        except ConfigError:  # found in the first epoch (a best_metric no step logs): no run dir is left
+            self.runlog.discard() if fresh and self.epoch == 0 else self.runlog.close()
             raise
         except ZooError:
             self.runlog.metrics("failed", self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)

@@ -7,7 +7,9 @@ matplotlib figure, or text (a str, Markdown; see ``table``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 from typing import Any, Collection, NamedTuple, Sequence
 
@@ -36,16 +38,30 @@ def to_image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor
     return make_grid(images, nrow=nrow or max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
 
 
+@contextlib.contextmanager
+def replacing(path: Path):
+    """Yields a temp path beside ``path`` (same suffix, so writers pick the format) and renames it to ``path``
+    once written: a failed write (a full disk) leaves the previous file whole, not a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_png(tensor_or_figure, path: Path, nrow: int | None = None) -> None:
     """An image tensor as a grid PNG (``nrow`` images a row), or a matplotlib figure, at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(tensor_or_figure, torch.Tensor):
-        from torchvision.utils import save_image
+    with replacing(path) as tmp:
+        if isinstance(tensor_or_figure, torch.Tensor):
+            from torchvision.utils import save_image
 
-        save_image(to_image_grid(tensor_or_figure, nrow), str(path))
-    else:
-        tensor_or_figure.savefig(path, dpi=100, bbox_inches="tight")
+            save_image(to_image_grid(tensor_or_figure, nrow), str(tmp))
+        else:
+            tensor_or_figure.savefig(tmp, dpi=100, bbox_inches="tight")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -59,9 +75,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write(items: dict[str, Any], writer, step: int, directory: Path | None, suffix: str = "",
-          image_files: bool = True, skip_tensorboard: Collection[str] = ()) -> None:
+          skip_tensorboard: Collection[str] = ()) -> None:
     """Log each visual to TensorBoard under its name (but those in ``skip_tensorboard``) and, when ``directory``
-    is given, to NAME{suffix}.png/.txt there (image tensors only if ``image_files``)."""
+    is given, to NAME{suffix}.png/.txt there."""
     for name, v in items.items():
         shown = name not in skip_tensorboard
         if isinstance(v, str):
@@ -77,7 +93,7 @@ def write(items: dict[str, Any], writer, step: int, directory: Path | None, suff
                                 f"with 1 or 3 channels, a figure or a str")
             if shown:
                 writer.add_image(name, to_image_grid(v, nrow), step)
-            if directory is not None and image_files:
+            if directory is not None:
                 save_png(v, directory / f"{name}{suffix}.png", nrow)
         elif hasattr(v, "savefig"):
             if directory is not None:

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..errors import ConfigError, ZooError, suggest
+from ..runtime import check_seed
 
 _DATA: dict[str, type["DataModule"]] = {}
 _loaded = False
@@ -92,6 +93,8 @@ def build_data(name: str, **kwargs) -> "DataModule":
     for key in kwargs:
         if key not in params:
             raise ConfigError(f"unknown key 'data.{key}' for data '{name}'{suggest(key, params)}")
+    if "seed" in kwargs:
+        check_seed("data.seed", kwargs["seed"])
     common = {k: kwargs.pop(k, v) for k, v in COMMON_OPTIONS.items()}
     if not (isinstance(common["input_noise"], (int, float)) and common["input_noise"] >= 0):
         raise ConfigError(f"data.input_noise={common['input_noise']!r} must be a standard deviation >= 0")

@@ -30,6 +30,9 @@ class ZooModel(nn.Module):
     #: True when ``evaluate`` reads ``ctx.options["views"]`` (``zoo eval --views V``: voting over augmented copies).
     evaluates_views: bool = False
 
+    #: True when ``evaluate`` reads ``ctx.options["iw_samples"]`` (``zoo eval --iw-samples K``: a likelihood bound).
+    evaluates_iw_samples: bool = False
+
     # ---- training -------------------------------------------------------------------------------------------
     def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         """Parameters of each optimizer, by name. One optimizer named ``main`` unless overridden (GAN: d, g)."""
@@ -71,7 +74,8 @@ class ZooModel(nn.Module):
         return {}
 
     def artifacts(self, data, run_dir) -> dict[str, Any]:
-        """Files written into the run dir at the end of training (tables, plots); returns name -> path/figure."""
+        """End-of-training outputs, name -> image tensor (or ``Grid``), matplotlib figure or Markdown text: the
+        trainer writes each to the run dir as NAME.png/.txt and logs it to TensorBoard."""
         return {}
 
     def evaluate(self, data, ctx) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ZooError
 from ..losses import LOG_2PI, beta_nll, bits_per_dim, gaussian_kl, gaussian_nll, pixel_nll
 from ..registry import register_model
-from ..visuals import Grid, save_png
+from ..visuals import Grid
 from .base import ZooModel
 
 DEQUANT_STD = 1 / (256 * math.sqrt(12))  # std of the uniform dequantisation noise U/256
@@ -357,6 +357,8 @@ class GaussianAE(ZooModel):
             out[name] = self.sample(64, torch.Generator().manual_seed(0), prior=prior)
         return out
 
+    evaluates_iw_samples = True  # zoo eval --iw-samples K
+
     @torch.no_grad()
     def evaluate(self, data, ctx):
         """Test ELBO and the importance-weighted bound (``iw_samples`` draws, IWAE) on the same dequantised
@@ -405,7 +407,6 @@ class GaussianAE(ZooModel):
         points = ax.scatter(xy[:, 0], xy[:, 1], c=y.numpy(), cmap="tab10", s=4)
         ax.legend(*points.legend_elements(), title="digit", loc="best", fontsize=7)
         ax.set(title="t-SNE of 2,000 test codes g(x)", xticks=[], yticks=[])
-        save_png(traversal, run_dir / "latent_traversal.png", nrow=len(steps))
         return {"latent_traversal": Grid(traversal, len(steps)), "latent_map": fig}  # a row per dimension
 
 
