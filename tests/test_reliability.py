@@ -531,6 +531,7 @@ def cli_cases(run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["compress", str(tmp / "bomb.png"), "-o", str(tmp / "o.png")], "pixels"),
         (["compress", str(tmp / "text.jpg"), "-o", str(tmp / "o.png")], "not an image"),
         (["compress", str(tmp / "nope.png"), "-o", str(tmp / "o.png")], "does not exist"),
+        (["compress", str(tmp / "empty_run"), "-o", str(tmp / "o.png")], "is not a file"),  # a directory
         (["compress", str(good), "-o", str(tmp / "o.png"), "-k", "1"], "-k"),
         (["compress", str(good), "-o", str(tmp / "o.jpg")], "JPEG would blur"),
         (["train", str(tmp / "good.png")], "config"),
@@ -547,6 +548,14 @@ def test_bad_cli_input_is_one_line_and_exit_2(vae_run, tmp_path, capsys):
         assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert needle in err, (argv, err)
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_a_path_the_terminal_encoding_lacks_prints_escaped(vae_run, tmp_path):
+    out = tmp_path / "échantillon.png"
+    done = subprocess.run([sys.executable, "-m", "zoo", "sample", str(vae_run), "-n", "4", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr and out.is_file(), done.stderr
+    assert "\\xe9chantillon.png" in done.stdout + done.stderr  # printed escaped, not a UnicodeEncodeError
 
 
 def test_ctrl_c_in_sample_or_eval_says_interrupted_without_resume_advice(vae_run, monkeypatch, capsys):
