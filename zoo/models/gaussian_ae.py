@@ -95,6 +95,8 @@ class GaussianAE(ZooModel):
     with a huge variance. The reported nelbo/bpd are always the true ELBO.
     """
 
+    evaluates_iw_samples = True  # zoo eval --iw-samples K: the importance-weighted bound
+
     def __init__(self, input_shape=(1, 28, 28), latent_dim: int = 10, channels: int = 10, decoder_channels: int = 20,
                  dropout: float = 0.1,
                  covariance: Literal["identity", "scalar", "diagonal", "full", "predicted"] = "diagonal",
@@ -356,8 +358,6 @@ class GaussianAE(ZooModel):
             name = "samples" if prior == "standard" else f"samples_{prior}"
             out[name] = self.sample(64, torch.Generator().manual_seed(0), prior=prior)
         return out
-
-    evaluates_iw_samples = True  # zoo eval --iw-samples K
 
     @torch.no_grad()
     def evaluate(self, data, ctx):
