@@ -62,6 +62,18 @@ def test_w1_and_ks_match_scipy_on_samples_of_another_law():
     assert ks_statistic(x) == pytest.approx(ks, abs=1e-6) and ks > 0.05  # measured 0.122
 
 
+def test_w1_counts_samples_outside_the_support():
+    """Mass outside [0, 1] is not moved onto it first: all of it at c gives E|X - c| = |E X - c| (E X = 1/3)."""
+    for c, exact in ((-0.5, 1 / 3 + 0.5), (1.5, 1.5 - 1 / 3)):
+        assert w1_to_triangle(torch.full((50,), c)) == pytest.approx(exact, abs=1e-12)
+    from scipy import stats
+
+    x = torch.rand(3000, generator=torch.Generator().manual_seed(3)) * 1.4 - 0.2  # 2/7 of it outside
+    quantiles = g_star((torch.arange(400_000, dtype=torch.float64) + 0.5) / 400_000)
+    ref = stats.wasserstein_distance(x.double().numpy(), quantiles.numpy())
+    assert w1_to_triangle(x) == pytest.approx(ref, abs=1e-6)
+
+
 def test_sampling_floor_of_w1_and_ks_at_10k():
     g = torch.Generator().manual_seed(1)
     draws = [1 - torch.sqrt(1 - torch.rand(10_000, generator=g)) for _ in range(8)]

@@ -246,6 +246,26 @@ def test_tensorboard_grids_keep_the_traversal_rows_and_the_reconstruction_pairs(
     assert shown["reconstructions"][2] == 8 * cell + 2  # 5 pairs: 4 to a row, not 3 (a pair split in two)
 
 
+def test_bits_per_dim_only_for_dequantised_pixels():
+    """bits/dim add log2(256) for (k + U)/256 pixels; of other data (not dequantised) only nats are reported."""
+    from types import SimpleNamespace
+
+    class Data:
+        def __init__(self, dequantize):
+            self.dequantize = dequantize
+
+        def batches(self, split, size, generator=None):
+            yield torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(len(split))), torch.zeros(20)
+
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal")
+    ctx = SimpleNamespace(seed=0, options={"iw_samples": 2}, baselines=True)
+    on, off = m.evaluate(Data(True), ctx), m.evaluate(Data(False), ctx)
+    assert on["test_bpd"] == pytest.approx(bits_per_dim(on["test_nelbo_nats"], 64))
+    assert on["baseline_diag_gaussian_bpd"] == pytest.approx(bits_per_dim(on["baseline_diag_gaussian_nats"], 64))
+    assert not [k for k in off if k.endswith("_bpd")] and "dequantize" in off["bits_per_dim"]
+    assert off["test_nelbo_nats"] == on["test_nelbo_nats"] and "test_iw_nll_nats" in off
+
+
 def test_kl_warmup_weights_only_the_training_objective():
     m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal", kl_warmup=10)
     x = torch.rand(4, 1, 8, 8)

@@ -405,12 +405,15 @@ def ks_statistic(samples: torch.Tensor) -> float:
 
 
 def w1_to_triangle(samples: torch.Tensor) -> float:
-    """W1 between the empirical law of ``samples`` and the triangle law: ∫|F_n - F| dx, exactly."""
-    x = torch.sort(samples.flatten().double().clamp(0, 1)).values
+    """W1 between the empirical law of ``samples`` and the triangle law: ∫|F_n - F| dx, exactly, samples outside
+    [0, 1] included (G(z) = z + mlp(z) can put some there; F is 0 below 0 and 1 above 1)."""
+    x = torch.sort(samples.flatten().double()).values
     n = len(x)
-    knots = torch.cat([x.new_zeros(1), x, x.new_ones(1)])
+    knots = torch.cat([x[:1].clamp(max=0), x, x[-1:].clamp(min=1)])
     level = torch.arange(0, n + 1, device=x.device, dtype=x.dtype) / n  # F_n on [knots[k], knots[k+1])
     a, b = knots[:-1], knots[1:]
+    outside = (b.clamp(max=0) - a.clamp(max=0)) * level + (b.clamp(min=1) - a.clamp(min=1)) * (1 - level)
+    a, b = a.clamp(0, 1), b.clamp(0, 1)
 
     def integral_abs(a, b, c):
         # ∫_a^b |c - F(x)| dx with F increasing: split at F^-1(c) = 1 - sqrt(1 - c)
@@ -418,4 +421,4 @@ def w1_to_triangle(samples: torch.Tensor) -> float:
         prim = lambda u: c * u - (u * u - u ** 3 / 3)  # ∫ (c - F)   # noqa: E731
         return (prim(root) - prim(a)) - (prim(b) - prim(root))
 
-    return integral_abs(a, b, level).sum().item()
+    return (integral_abs(a, b, level) + outside).sum().item()

@@ -600,7 +600,8 @@ class TranslitRNN(ZooModel):
                             "ensemble": len(self.members), "r2l": len(self.r2l), "channel": len(self.channel),
                             "channel_weight": self.channel_weight},
                **scores([c[0][0] for c in model_beam], refs),
-               "top5_accuracy": sum(r in [c for c, _ in cand[:5]] for cand, r in zip(top5, refs)) / len(refs),
+               "top5_accuracy": sum(r in [unicodedata.normalize("NFC", c) for c, _ in cand[:5]]
+                                    for cand, r in zip(top5, refs)) / len(refs),  # NFC, as top-1
                "greedy": scores([c[0][0] for c in greedy], refs)}
         if ctx.baselines:
             out["baselines"] = {
