@@ -82,6 +82,24 @@ def test_a_resume_between_log_points_logs_the_same_means_as_an_uninterrupted_run
     assert resumed.metrics["history"] == reference.metrics["history"]
 
 
+def test_every_rng_of_a_resumed_process_matches_the_uninterrupted_one(mnist_root, tmp_path):
+    """Across processes, Python's `random` included: a library imported for the first time after the restore (the
+    VAE's scikit-learn prior fit, whose import draws from `random`) moved it in the resumed process alone."""
+    from conftest import small_vae_config
+
+    cfg = small_vae_config(mnist_root)
+    cfg["model"].update(latent_dim=4, prior_components=2, sample_prior="fitted")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    zoo = [sys.executable, "-m", "zoo", "train", str(tmp_path / "c.yaml"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for extra in (["--run-dir", str(tmp_path / "full")], ["--run-dir", str(tmp_path / "cut"), "train.max_steps=10"],
+                  ["--resume", str(tmp_path / "cut")]):  # stopped after epoch 0 (10 steps) and its prior fit
+        subprocess.run([*zoo, *extra], env=env, check=True, capture_output=True, timeout=300)
+    full, cut = (ckpt_io.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("full", "cut"))
+    assert full["step"] == cut["step"] and full["rng"]["python"] == cut["rng"]["python"]
+    assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
+
+
 def test_a_run_killed_after_saving_its_epochs_last_step_resumes_at_that_epochs_end(tmp_path, monkeypatch):
     """train.ckpt_every can save an epoch's last step; a kill during that epoch's validation leaves this last.pt.
     Its resume runs the epoch's end, exactly: it used to train one empty batch (a NaN loss that stopped every

@@ -322,6 +322,10 @@ class GaussianAE(ZooModel):
 
     def setup(self, data) -> None:
         self._data = data
+        if hasattr(self, "prior_fitted"):
+            # imported before a resume restores the RNGs: the import draws from Python's `random` (rich, which
+            # scikit-learn pulls in), and a first import at an epoch end would draw again after the restore
+            import sklearn.mixture  # noqa: F401
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Refit the mixture prior to 20,000 training codes, starting from the last fit (seconds, not minutes, and
