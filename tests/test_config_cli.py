@@ -250,7 +250,8 @@ def test_under_torchrun_only_each_machines_local_rank_0_prints_bad_input(tmp_pat
     missing = str(tmp_path / "nope.yaml")
     monkeypatch.setenv("LOCAL_RANK", "1")  # a variable some launchers leave behind: alone it silences nothing
     assert cli.main(["train", missing]) == 2 and "nope.yaml" in capsys.readouterr().err
-    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's second process: rank 0 says it for the machine
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)  # torchrun's second process: rank 0 says it for the machine
     assert cli.main(["train", missing]) == 2 and capsys.readouterr().err == ""
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert cli.main(["train", missing]) == 2 and "nope.yaml" in capsys.readouterr().err

@@ -26,8 +26,11 @@ def speaks_for_machine() -> bool:
     """False in a process torchrun started beside another on its machine (LOCAL_RANK > 0 of WORLD_SIZE > 1): bad
     input is met alike by every process, so each machine's local rank 0 alone says it. A LOCAL_RANK that another
     launcher left behind, with no WORLD_SIZE above 1, silences nothing."""
-    local_rank, world = os.environ.get("LOCAL_RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    return not (local_rank.isdigit() and int(local_rank) > 0 and world.isdigit() and int(world) > 1)
+    try:
+        env = launch_env()
+    except ZooError:  # variables set wrong by hand: every process says so
+        return True
+    return not (env["local_rank"] > 0 and env["world"] > 1)
 
 
 def launch_env() -> dict[str, int]:
