@@ -235,7 +235,10 @@ class Trainer:
             with StopRequests() as stop:
                 status = self._loop(stop)
         except ConfigError:  # found in the first epoch (a best_metric no step logs): no run dir is left
-            self.runlog.discard() if fresh and self.epoch == 0 else self.runlog.close()
+            if fresh and self.epoch == 0:
+                self.runlog.discard()
+            else:
+                self.runlog.close()
             raise
         except ZooError:
             self.runlog.metrics("failed", self.epoch, self.step, self.best.value, nonfinite_skips=self.skipped)
