@@ -497,6 +497,15 @@ def test_the_md5_stamp_is_not_fooled_by_files_changed_later(mnist_root, tmp_path
         ensure_mnist(tmp_path)
 
 
+def test_idx_files_unpacked_into_folders_of_their_names_are_one_line(tmp_path):
+    """Some MNIST archives unpack each file into a folder of its name (raw/train-images-idx3-ubyte/...)."""
+    raw = _raw_dir(tmp_path)
+    for name in MNIST_FILES:
+        (raw / name).mkdir(parents=True)
+    with pytest.raises(ZooError, match="train-images-idx3-ubyte is a folder, not the IDX file"):
+        ensure_mnist(tmp_path)
+
+
 # ---- the CLI, fuzzed: a clear error or a correct answer, never a traceback ------------------------------------------
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` and holds almost nothing (what a decompression bomb looks like)."""

@@ -415,6 +415,32 @@ def test_reader_takes_quoted_csv_utf16_and_skips_huge_lines(tmp_path):
         read_pairs(latin)
 
 
+def test_reader_refuses_or_cleans_what_text_from_elsewhere_carries(tmp_path):
+    """Files as they come from other tools: each reads as the same pairs or is refused in one line."""
+    want = [("3ala", "على"), ("ahlan", "اهلا")]
+
+    def read(name, text, encoding="utf-8"):
+        (tmp_path / name).write_bytes(text.encode(encoding))
+        said = []
+        return read_pairs(tmp_path / name, log=said.append), said
+
+    body = "".join(f"{s}\t{t}\n" for s, t in want)
+    for name, encoding in (("le.tsv", "utf-16-le"), ("be.tsv", "utf-16-be")):  # UTF-16 without its byte-order mark
+        with pytest.raises(ZooError, match="NUL characters.*UTF-16 without a byte-order mark"):
+            read(name, body, encoding)
+    marks = "3ala\u200b\t\u200fعلى\nah\u200dlan\tا\u200cهلا\n"  # zero-width marks and RLM, as web text has them
+    assert read("marks.tsv", marks)[0] == want
+    quoted = '"arabizi","arabic"\n"tay\tren",طايرين\n"3ala","على"\nahlan,اهلا\n'  # a tab inside quotes: still CSV
+    pairs, said = read("tab.csv", quoted)
+    assert pairs == want and f"{tmp_path / 'tab.csv'}:2" in said[0]  # that line alone is malformed
+    pairs, said = read("ff.tsv", "3ala\tعلى\x0c\n2ja\u2028x\tاجا\nahlan\tاهلا\n")  # not line ends: U+2028, form feed
+    assert pairs == want and f"{tmp_path / 'ff.tsv'}:2" in said[0] and ":3" not in said[0]
+    with pytest.raises(ZooError, match="holds no word pairs"):
+        read("header.csv", "latin,arabic\n")  # a header alone, whatever its names
+    with pytest.raises(ZooError, match="Arabic script in its first column: are the columns swapped"):
+        read("swapped.tsv", "arabic\tarabizi\n" + "".join(f"{t}\t{s}\n" for s, t in want))
+
+
 def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ZOO_ARABIZI", raising=False)  # it wins over data.root: the corpus would be found and trained
     with pytest.raises(ZooError, match=r"no word-pair file at '.*nope\.tsv'.*arabizi<TAB>arabic"):

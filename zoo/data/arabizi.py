@@ -16,6 +16,7 @@ import codecs
 import csv
 import functools
 import os
+import re
 import sys
 import unicodedata
 from pathlib import Path
@@ -33,13 +34,23 @@ FORMAT = "UTF-8 text, one pair a line: arabizi<TAB>arabic (or comma-separated), 
 MAX_WORD = 100  # characters of a field (the corpus's longest is 19): longer is a broken line, not a word
 
 
+def _visible(text: str) -> str:
+    """Without format characters (zero-width space and joiners, LRM/RLM, BOM): invisible marks that text copied
+    from the web carries, which would make a word a different sequence of characters."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def normalize_source(text: str) -> str:
     """NFC and lowercase: the Latin side as the corpus stores it."""
-    return unicodedata.normalize("NFC", text).strip().lower()
+    return unicodedata.normalize("NFC", _visible(text)).strip().lower()
 
 
 def normalize_target(text: str) -> str:
-    return unicodedata.normalize("NFC", text).strip()
+    return unicodedata.normalize("NFC", _visible(text)).strip()
+
+
+def _arabic(text: str) -> bool:
+    return any("\u0600" <= c <= "\u06ff" or "\u0750" <= c <= "\u077f" for c in text)
 
 
 def resolve(path: str | os.PathLike, root: str | None = None, env: bool = True) -> Path:
@@ -76,8 +87,12 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
     except UnicodeDecodeError as e:
         name = "UTF-16" if encoding == "utf-16" else "UTF-8"
         raise ZooError(f"'{path}' is not {name} text (byte {e.start}); save it as UTF-8: expected {FORMAT}") from None
-    lines = text.splitlines()
-    delim = "\t" if any("\t" in ln for ln in lines[:50]) else ","
+    if "\x00" in text:
+        raise ZooError(f"'{path}' holds NUL characters (UTF-16 without a byte-order mark?); save it as UTF-8: "
+                       f"expected {FORMAT}")
+    lines = re.split(r"\r\n|\r|\n", text)  # not str.splitlines: a form feed or U+2028 does not end a line
+    # a tab outside quotes means TSV (a quoted CSV field may hold one)
+    delim = "\t" if any("\t" in re.sub(r'"[^"]*"', "", ln) for ln in lines[:50]) else ","
     pairs, bad, first_row = [], [], None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -87,19 +102,22 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
             row = next(csv.reader([line], delimiter=delim)) if len(line) <= 3 * MAX_WORD else []
         except csv.Error:
             row = []
-        if len(row) != 2 or not all(f.strip() and len(f) <= MAX_WORD for f in row):
+        src, tgt = (normalize_source(row[0]), normalize_target(row[1])) if len(row) == 2 else ("", "")
+        if not (src and tgt and len(src) <= MAX_WORD and len(tgt) <= MAX_WORD) or \
+                any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in src + tgt):  # controls: no letters
             bad.append(number)
             continue
-        src, tgt = normalize_source(row[0]), normalize_target(row[1])
         if first_row is None and not bad:  # the file's first line
             first_row = (src, tgt)
             if src == "arabizi":
                 continue  # the corpus's header
         pairs.append((src, tgt))
     rest = [t for _, t in pairs[1:]]
-    if pairs and pairs[0] == first_row and pairs[0][1].isascii() and \
-            sum(not t.isascii() for t in rest) > 0.9 * len(rest):
-        pairs = pairs[1:]  # names in Latin letters above words in another script: a header, not a pair
+    if pairs and pairs[0] == first_row and not _arabic(pairs[0][1]) and \
+            sum(_arabic(t) for t in rest) >= 0.9 * len(rest):
+        pairs = pairs[1:]  # names above Arabic words (or alone in the file): a header, not a pair
+    if sum(_arabic(s) and not _arabic(t) for s, t in pairs) > len(pairs) / 2:
+        raise ZooError(f"'{path}' has Arabic script in its first column: are the columns swapped? Expected {FORMAT}")
     shown = ", ".join(f"{path}:{n}" for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
     if not pairs:  # one line: the skipped lines are the reason
         skipped = f" ({len(bad)} malformed line(s): {shown})" if bad else ""

@@ -116,6 +116,9 @@ def ensure_mnist(root: str | Path, log: Callable[[str], None] = lambda s: None) 
                        f"put the four uncompressed IDX files ({', '.join(MNIST_FILES)}) there, "
                        f"or set data.root/ZOO_DATA")
     raw = _raw_dir(root)
+    for f in MNIST_FILES:  # some archives unpack each file into a folder of its name
+        if not (raw / f).is_file():
+            raise ZooError(f"{raw / f} is a folder, not the IDX file; put the file itself there")
     # the stamp records each file's size and mtime when its md5 was checked: a file changed since is checked again
     stamp = raw / ".md5-ok.json"
     seen = {f: [(raw / f).stat().st_size, (raw / f).stat().st_mtime_ns] for f in MNIST_FILES}
