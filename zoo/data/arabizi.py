@@ -42,11 +42,11 @@ def _visible(text: str) -> str:
 
 def normalize_source(text: str) -> str:
     """NFC and lowercase: the Latin side as the corpus stores it."""
-    return unicodedata.normalize("NFC", _visible(text)).strip().lower()
+    return unicodedata.normalize("NFC", text).strip().lower()
 
 
 def normalize_target(text: str) -> str:
-    return unicodedata.normalize("NFC", _visible(text)).strip()
+    return unicodedata.normalize("NFC", text).strip()
 
 
 def _arabic(text: str) -> bool:
@@ -102,7 +102,8 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
             row = next(csv.reader([line], delimiter=delim)) if len(line) <= 3 * MAX_WORD else []
         except csv.Error:
             row = []
-        src, tgt = (normalize_source(row[0]), normalize_target(row[1])) if len(row) == 2 else ("", "")
+        src, tgt = (normalize_source(_visible(row[0])), normalize_target(_visible(row[1]))) if len(row) == 2 \
+            else ("", "")
         if not (src and tgt and len(src) <= MAX_WORD and len(tgt) <= MAX_WORD) or \
                 any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in src + tgt):  # controls: no letters
             bad.append(number)
