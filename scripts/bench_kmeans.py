@@ -51,7 +51,7 @@ def _finite(v):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default: all)")
-    ap.add_argument("--out", type=out_file, default=Path("runs/bench_kmeans/results.json"))
+    ap.add_argument("--out", type=out_file, default="runs/bench_kmeans/results.json")  # a str: argparse checks it
     ap.add_argument("--threads", type=positive(int), default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
