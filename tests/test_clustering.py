@@ -13,7 +13,7 @@ from PIL import Image
 from zoo import checkpoint as ckpt_io
 from zoo.cli import main
 from zoo.clustering import (contingency, hungarian_accuracy, inertia, kmeans_plus_plus, label_metrics,
-                            lloyd, partition_inertia)
+                            lloyd, partition_inertia, sq_distances)
 from zoo.compress import compress, compress_file, load_rgb, save_rgb
 from zoo.config import load_config
 from zoo.errors import ConfigError
@@ -134,6 +134,13 @@ def test_forward_returns_centre_minus_input():
     with torch.no_grad():
         net.centers.copy_(centers)
     torch.testing.assert_close(net(x) + x, centers[y], atol=1e-5, rtol=0)
+    # centres of unequal norms, 0 and 4: the score is x.c - ||c||^2 / 2, [0, 2] for x = 2.5 (nearer 4) and
+    # [0, -2] for x = 1.5 (nearer 0); x.c alone, or x.c - ||c||^2, would send one of them to the wrong centre
+    net = create_model("kmeans_net", input_shape=(1,), k=2, beta=20.0)
+    with torch.no_grad():
+        net.centers.copy_(torch.tensor([[0.0], [4.0]]))
+    x = torch.tensor([[2.5], [1.5]])
+    torch.testing.assert_close(net(x) + x, torch.tensor([[4.0], [0.0]]), atol=1e-4, rtol=0)
 
 
 def test_inits_draw_from_the_training_split_and_labels_uses_each_digit():
@@ -241,6 +248,16 @@ def test_competitive_only_the_winner_moves_and_normalize_keeps_unit_weights():
     assert net.weight.data[0, 1] > 0 and net.weight.data[0].norm().item() == pytest.approx(1.0)
 
 
+def test_competitive_loss_is_the_batch_error_before_its_updates():
+    net = create_model("competitive", input_shape=(2,), k=2, eta=0.5, normalize=False)
+    net.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    batch = (torch.tensor([[2.0, 0.0], [0.0, 3.0]]), torch.zeros(2))
+    # winners 0 and 1: squared errors |(2, 0) - (1, 0)|^2 = 1 and |(0, 3) - (0, 1)|^2 = 4, mean 2.5
+    assert float(net.validation_step(batch)["loss"]) == pytest.approx(2.5)
+    assert float(net.training_step(batch)["loss"]) == pytest.approx(2.5)
+    assert float(net.validation_step(batch)["loss"]) < 2.5  # the updates came after
+
+
 def test_competitive_learning_fixes_a_wrong_start():
     """All ten units start on one point away from every blob, so only the updates can pull each unit onto a blob
     of its own. Inputs and units are unit length (normalize), so a unit's target is its blob centre's direction."""
@@ -314,6 +331,14 @@ def test_em_never_decreases_its_objective_and_recovers_the_clusters(smoothing):
     assert label_metrics(z, net.assign(x), 4)["acc"] > 0.9
 
 
+def test_log_prior_is_the_beta_and_dirichlet_log_density():
+    # at the start, W = 0.5 and pi = 1/2; smoothing a = 1: a (log w + log(1 - w)) = 2 log 0.5 per pixel and
+    # component (two of them), plus a sum_k log pi_k = 2 log 0.5: 6 log 0.5 in all
+    assert create_model("bernoulli_mixture", input_shape=(1,), k=2, smoothing=1.0).log_prior() == \
+        pytest.approx(6 * math.log(0.5))
+    assert create_model("bernoulli_mixture", input_shape=(1,), k=2, smoothing=0.0).log_prior() == 0.0
+
+
 def test_em_m_step_is_the_formula_with_smoothing():
     x, _ = binary_mixture(n=50, d=5)
     net = create_model("bernoulli_mixture", input_shape=(5,), k=4, smoothing=0.3)
@@ -349,6 +374,12 @@ def test_hungarian_accuracy_beats_majority_vote_only_when_one_to_one():
     # two clusters both mostly digit 0: majority vote would count both; one-to-one matching cannot
     table = torch.tensor([[40, 30], [10, 20]])
     assert hungarian_accuracy(table) == pytest.approx((40 + 20) / 100)
+    # three labels, two clusters: the third label's 5 items have no cluster left and count wrong, 10 of 15
+    assert hungarian_accuracy(torch.tensor([[5, 0], [0, 5], [3, 2]])) == pytest.approx(10 / 15)
+    # ||(0, 0) - (1, 0)||^2 = ||(1, 1) - (1, 0)||^2 = 1, with ||x||^2 given or not
+    x, c = torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    assert sq_distances(x, c).tolist() == [[1.0], [1.0]]
+    assert sq_distances(x, c, x.pow(2).sum(1, keepdim=True)).tolist() == [[1.0], [1.0]]
 
 
 def test_evaluate_reports_inertia_metrics_and_sklearn_on_the_same_images():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -130,3 +131,11 @@ def test_stopping_the_on_demand_evaluator_training_stops_the_command(tmp_path, m
         torch.set_num_threads(before)
     assert any("--resume" in m for m in ctx.messages)
     assert threads == [fid.TRAIN_THREADS] and after == 1  # its own count while it trains, the user's afterwards
+
+
+def test_class_stats_measure_the_spread_over_classes_in_nats():
+    # every sample in class 0 of 10: KL(one-hot || uniform) = 1 x log(1 / (1/10)) = log 10 nats
+    one = fid.class_stats(torch.eye(10)[[0] * 20])
+    assert one["kl_to_uniform"] == pytest.approx(math.log(10)) and one["min_class_share"] == 0.0
+    even = fid.class_stats(torch.eye(10).repeat(3, 1), "test_")  # three of each class
+    assert even["test_kl_to_uniform"] == pytest.approx(0.0) and even["test_class_shares"] == [0.1] * 10

@@ -374,6 +374,8 @@ def test_generative_metrics_of_real_images_and_of_noise(small_lenet_run, monkeyp
     assert real["min_class_share"] == pytest.approx(real["test_min_class_share"])
     noise = fid.generative_metrics(Replay(torch.rand(2000, 1, 28, 28)), None, ctx, n=2000)
     assert noise["fid_lenet"] > 10 * noise["fid_lenet_floor_real_vs_real"]
+    ratio = noise["fid_lenet"] / noise["fid_lenet_floor_real_vs_real"]  # how many floors the samples are away
+    assert noise["fid_lenet_ratio_to_floor"] == pytest.approx(ratio)
     assert noise["kl_to_uniform"] > real["kl_to_uniform"]
 
 

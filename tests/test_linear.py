@@ -265,6 +265,15 @@ def test_hw6_q3a_two_backprop_steps(tmp_path):
     assert tr.metrics["step"] == 2
 
 
+def test_the_mlp_output_layer_has_no_activation():
+    """A regression output must be able to go negative: ReLU sits between the layers, never after the last."""
+    net = create_model("mlp", {"input_shape": (2,), "target_dim": 1}, hidden=[1], init_constant=-1.0)
+    # hidden: relu(-1 * 0 + -1 * 0 + -1) = relu(-1) = 0; output: -1 * 0 + -1 = -1
+    # (a ReLU after the output would give 0; no ReLU on the hidden layer, -1 * -1 + -1 = 0)
+    with torch.no_grad():
+        assert net(torch.zeros(3, 2)).tolist() == [[-1.0]] * 3
+
+
 def test_zoo_eval_prints_the_purifier_and_mlp_reports(tmp_path, capsys):
     import json
 

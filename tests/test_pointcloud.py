@@ -15,8 +15,8 @@ import torch
 from zoo.cli import main
 from zoo.config import load_config
 from zoo.data import build_data
-from zoo.models.pointnet import (EXAM_GROUPINGS, PointNet, canonical_order, exam_global_feature,
-                                 farthest_point_sample, knn_group, square_distances)
+from zoo.models.pointnet import (EXAM_GROUPINGS, PointNet, SetAbstraction, canonical_order, exam_global_feature,
+                                 farthest_point_sample, gather_points, knn_group, square_distances)
 from zoo.registry import create_model
 from zoo.trainer import fit
 
@@ -172,6 +172,24 @@ def test_the_grey_level_feature_keeps_both_networks_permutation_invariant(mnist_
         assert not torch.allclose(model.features(shifted), model.features(x), atol=1e-3)
 
 
+def exam_pointnet(pool: str) -> PointNet:
+    """The exam's Figure 4 with W1 = ones [2, 3], no bias, no batch norm, a linear head: F is hand-checkable."""
+    model = PointNet((4, 2), 10, widths=(3,), pool=pool, head=(), batch_norm=False).eval()
+    with torch.no_grad():
+        model.point_mlp.net[0].weight.fill_(1.0)
+        model.point_mlp.net[0].bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("pool,expected", [("avg", [1.5] * 3), ("max", [4.0] * 3), ("both", [1.5] * 3 + [4.0] * 3)])
+def test_pointnet_pools_the_relu_features_by_their_average_or_max(pool, expected):
+    # each of the 3 features of a point is relu(x + y): relu(1, 1, 4, -2) = (1, 1, 4, 0);
+    # average 6 / 4 = 1.5 (the exam's F; a sum would give 6), max 4; "both" is [average, max]
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, -1.0]]])
+    with torch.no_grad():
+        assert exam_pointnet(pool).features(x)[0].tolist() == expected
+
+
 # ---- the exam's part (b): which grouping schemes keep F invariant ----------------------------------------------
 def test_exam_grouping_schemes_sorted_by_distance_are_invariant_input_order_is_not():
     x = random_clouds(1, 30, seed=4)[0]
@@ -224,6 +242,36 @@ def test_knn_grouping_is_permutation_equivariant(radius):
         assert (d.gather(2, idx).diff(dim=2) >= 0).all()
     else:  # neighbours beyond the radius are replaced by the nearest one, the point itself
         assert (d.gather(2, idx) <= radius ** 2).all() and (idx == idx[..., :1]).any()
+
+
+def test_set_abstraction_features_are_translation_invariant():
+    """Each group is seen in its centroid's coordinates, so moving the whole cloud changes no feature."""
+    torch.manual_seed(0)
+    level = SetAbstraction(centroids=8, k=6, in_features=0, widths=[16, 16], radius=None).eval()
+    c = random_clouds(3, 40, seed=8)
+    shift = torch.tensor([0.3, -0.2])
+    with torch.no_grad():
+        centres, feats, groups = level(c, None)
+        centres2, feats2, groups2 = level(c + shift, None)
+    assert torch.equal(groups2, groups)  # FPS and k-NN use differences only: the same centroids and groups
+    assert torch.allclose(centres2, centres + shift, atol=1e-6)
+    assert torch.allclose(feats2, feats, atol=1e-5)
+    assert (feats != 0).any()  # all-zero features would make the comparison vacuous
+
+
+def test_radius_grouping_feeds_offsets_divided_by_the_radius():
+    """``group: radius``: the mini-PointNet sees (neighbour - centroid) / r, inside the unit disk."""
+    torch.manual_seed(0)
+    r = 0.3
+    level = SetAbstraction(centroids=8, k=16, in_features=0, widths=[8], radius=r).eval()
+    seen = []
+    level.mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    c = random_clouds(2, 64, seed=9)
+    with torch.no_grad():
+        centres, _, groups = level(c, None)
+    offsets = gather_points(c, groups) - centres[:, :, None]  # [B, M, k, 2]; beyond r: the centroid itself, 0
+    assert torch.allclose(seen[0], offsets / r, atol=1e-6)
+    assert (seen[0].norm(dim=-1) <= 1 + 1e-6).all()
 
 
 def test_distances_stay_fp32_under_bf16_autocast():

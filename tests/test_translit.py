@@ -29,6 +29,8 @@ from zoo.models.translit import (
     nearest_words,
     reverse_words,
     rule_based,
+    scores,
+    token_nll,
 )
 from zoo.registry import create_model
 from zoo.trainer import fit
@@ -125,6 +127,17 @@ def test_beam_items_are_independent_and_length_normalisation_reranks():
     assert [round(float(s), 6) for s in normed["scores"][0]] == [-0.4, -1.0]
 
 
+def test_a_hypothesis_the_shrunk_width_prunes_never_comes_back():
+    """Width 3. By hand: t=1 keeps deep -0.1, <eos> -0.5 (completes: width 2), learn -1.0; t=2 ranks deep deep
+    -0.2, learn <eos> -1.1 (completes: width 1), learn learn -1.2 (third: pruned for good); t=3 deep deep <eos>
+    -2.2 completes. A beam that kept learn learn would return learn learn <eos> -1.3 instead."""
+    table = {(): {DEEP: -0.1, EOS_ID: -0.5, LEARN: -1.0}, (DEEP,): {DEEP: -0.1, EOS_ID: -3.0, LEARN: -4.0},
+             (LEARN,): {EOS_ID: -0.1, LEARN: -0.2, DEEP: -5.0}, (DEEP, DEEP): {EOS_ID: -2.0, DEEP: -3.0, LEARN: -3.0},
+             (LEARN, LEARN): {EOS_ID: -0.1, DEEP: -5.0, LEARN: -5.0}}
+    out = run_table([table], k=3)
+    assert completed(out, 0) == [((EOS_ID,), -0.5), ((LEARN, EOS_ID), -1.1), ((DEEP, DEEP, EOS_ID), -2.2)]
+
+
 def test_beam_width_one_is_greedy():
     model = tiny()
     src, src_len = model.encode_words(WORDS)
@@ -166,6 +179,9 @@ def test_line_n_best_is_the_best_of_every_combination_of_word_candidates():
         got = best_combinations(slots, n, " ")
         assert [t for t, _ in got] == [t for t, _ in every[:n]]
         assert [s for _, s in got] == pytest.approx([s for _, s in every[:n]])
+    # a slot's third candidate counts: 'c' + 'x' is the third best line
+    assert best_combinations([[("a", -1.0), ("b", -2.0), ("c", -3.0)], [("x", 0.0)]], 3) == [
+        ("ax", -1.0), ("bx", -2.0), ("cx", -3.0)]
     assert best_combinations([], 3) == [("", 0.0)]  # a blank line
     assert best_combinations([[("x", -1.0)]] * 100_000, 1) == [("x" * 100_000, -100_000.0)]  # no deep recursion
 
@@ -191,11 +207,12 @@ def test_ensemble_averages_log_probabilities_and_the_lm_rescores_the_beam():
     assert torch.allclose(terms["loss"], terms["nll"] + terms["lm_nll"])
 
 
-def test_right_to_left_members_rescore_the_n_best():
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_right_to_left_members_rescore_the_n_best(ensemble):
     tgt = torch.tensor([[5, 6, 7, EOS_ID, PAD_ID], [8, EOS_ID, PAD_ID, PAD_ID, PAD_ID], [9, 10, 11, 12, EOS_ID]])
     assert reverse_words(tgt, torch.tensor([4, 2, 5])).tolist() == [
         [7, 6, 5, EOS_ID, PAD_ID], [8, EOS_ID, PAD_ID, PAD_ID, PAD_ID], [12, 11, 10, 9, EOS_ID]]
-    model = tiny(r2l=1)
+    model = tiny(ensemble=ensemble, r2l=1)
     src, src_len = model.encode_words(WORDS)
     out = model.beam_decode(src, src_len, k=3)
     tokens = out["tokens"]
@@ -205,9 +222,15 @@ def test_right_to_left_members_rescore_the_n_best():
     rev = reverse_words(flat, (flat != PAD_ID).sum(1))
     logits = model.r2l[0].teacher_forced(src[rows], src_len[rows], rev, 1.0).log_softmax(-1)
     r2l = (logits.gather(2, rev[..., None])[..., 0] * (rev != PAD_ID)).sum(1).view(b, k)
-    assert torch.allclose(out["scores"], (out["log_probs"] + r2l) / 2, atol=1e-5)
-    terms = model.train().training_step((src, src_len, tokens[:, 0], (tokens[:, 0] != PAD_ID).sum(1)))
-    assert torch.isfinite(terms["loss"]) and terms["loss"].requires_grad
+    # every member's log p(word) averaged: the left-to-right ensemble's counts once per member
+    assert torch.allclose(out["scores"], (ensemble * out["log_probs"] + r2l) / (ensemble + 1), atol=1e-5)
+    tgt = tokens[:, 0]
+    tgt_len = (tgt != PAD_ID).sum(1)
+    terms = model.train().training_step((src, src_len, tgt, tgt_len))
+    rev = reverse_words(tgt, tgt_len)  # the right-to-left member learns the word backwards
+    each = [token_nll(m.teacher_forced(src, src_len, tgt, 1.0), tgt) for m in model.members] + [
+        token_nll(model.r2l[0].teacher_forced(src, src_len, rev, 1.0), rev)]
+    assert torch.allclose(terms["loss"], torch.stack(each).mean())
 
 
 def test_channel_members_score_the_source_given_each_candidate():
@@ -270,6 +293,40 @@ def test_word_evidence_lets_a_known_word_overtake_a_slightly_more_probable_one(k
     for bad in (-0.1, 1e6, float("nan")):
         with pytest.raises(ZooError, match=key):
             tiny(**{key: bad})
+
+
+def test_length_normalisation_divides_the_models_score_before_word_evidence_is_added():
+    model = tiny()
+    src, src_len = model.encode_words(WORDS)
+    out = model.beam_decode(src, src_len, k=3, length_norm=1.0)
+    length = (out["tokens"] != PAD_ID).sum(-1).float()  # characters and <eos>, as in beam_search
+    assert torch.allclose(out["scores"], out["log_probs"] / length, atol=1e-6)
+    assert (out["scores"].diff(dim=1) <= 1e-6).all()
+    word = model.decode_tokens(out["tokens"][0, 1])
+    model.target_lexicon = frozenset({word})
+    bonus = model.beam_decode(src, src_len, k=3, length_norm=1.0, lexicon_weight=0.5)
+    length = (bonus["tokens"] != PAD_ID).sum(-1).float()
+    known = torch.tensor([[float(model.decode_tokens(t) == word) for t in item] for item in bonus["tokens"]])
+    assert known.sum() >= 1  # a word's bonus is the same whatever its length
+    assert torch.allclose(bonus["scores"], bonus["log_probs"] / length + 0.5 * known, atol=1e-6)
+
+
+def test_losses_and_character_accuracy_count_real_target_tokens_only():
+    logits = torch.zeros(1, 3, len(TGT))
+    logits[0, 2, PAD_ID] = 20.0  # a confident guess where the target is padding must not count
+    # uniform over the 36 tokens at the two real positions: log 36 each
+    assert float(token_nll(logits, torch.tensor([[5, EOS_ID, PAD_ID]]))) == pytest.approx(math.log(len(TGT)))
+    model = tiny()
+    src, src_len = model.encode_words(WORDS)
+    tgt = torch.nn.functional.pad(model.greedy(src, src_len)["tokens"], (0, 2), value=PAD_ID)
+    val = model.validation_step((src, src_len, tgt, (tgt != PAD_ID).sum(1)))
+    assert float(val["word_acc"]) == 1.0  # fed its own greedy output, it decodes the same words
+    # teacher-forced, it predicts the same tokens, except where greedy decoding forbids one (<eos> first, <unk>):
+    # the share is over real target tokens, the two padding columns are no tokens
+    guess = model.members[0].teacher_forced(src, src_len, tgt, 1.0).argmax(2)
+    real = tgt != PAD_ID
+    assert float(val["char_acc"]) == pytest.approx(float(((guess == tgt) & real).sum() / real.sum()))
+    assert float(val["char_acc"]) > 0.8 and not (guess == tgt)[~real].all()
 
 
 def test_translate_keeps_punctuation_and_passes_other_scripts_through():
@@ -441,6 +498,14 @@ def test_reader_refuses_or_cleans_what_text_from_elsewhere_carries(tmp_path):
         read("swapped.tsv", "arabic\tarabizi\n" + "".join(f"{t}\t{s}\n" for s, t in want))
 
 
+def test_reader_composes_references_and_bounds_word_length(tmp_path):
+    f = tmp_path / "pairs.tsv"  # alef + combining hamza above: U+0623 once composed, as predictions are
+    f.write_text("2a\t\u0627\u0654\n" + "a" * 100 + "\tب\n" + "b" * 101 + "\tب\n", encoding="utf-8")
+    said = []
+    assert read_pairs(f, log=said.append) == [("2a", "\u0623"), ("a" * 100, "ب")]  # 100 letters: the limit
+    assert f"{f}:3" in said[0]
+
+
 def test_missing_file_is_one_line_naming_path_and_format(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ZOO_ARABIZI", raising=False)  # it wins over data.root: the corpus would be found and trained
     with pytest.raises(ZooError, match=r"no word-pair file at '.*nope\.tsv'.*arabizi<TAB>arabic"):
@@ -501,6 +566,11 @@ def test_target_lexicon_holds_the_training_targets_only(tmp_path, monkeypatch):
     assert carved.info["target_lexicon"] == sorted({t for _, t in carved.texts("train")})
     assert len(carved.info["target_lexicon"]) == 50 and not {t for _, t in carved.texts("val")} & \
         set(carved.info["target_lexicon"])
+    val = {s for s, _ in carved.texts("val")}  # the pairs left for training keep the file's order
+    assert [s for s, _ in carved.texts("train")] == [f"w{i}a" for i in range(60) if f"w{i}a" not in val]
+    parts = [x[:4] for x in carved.tensors("train")]
+    words = [t for _, t in carved.texts("train")[:4]]  # validation loss is averaged per target token
+    assert int(carved.collate("train", parts, None).num_items) == sum(len(w) + 1 for w in words)  # with <eos>
     model = create_model("translit_rnn", data.info, emb=8, hidden=8, lexicon_weight=1.0)
     assert model.target_lexicon == set(data.info["target_lexicon"])
 
@@ -616,6 +686,21 @@ def test_eval_reports_accuracy_top5_cer_and_baselines(trained, tmp_path, capsys,
     assert "ZOO_ARABIZI" in capsys.readouterr().err
 
 
+def test_eval_counts_a_reference_in_the_top5_but_not_in_first_place(trained, tmp_path, capsys, monkeypatch):
+    _, run = trained
+    refs = {"7mer": "حمير", "ahleen": "اهلين"}
+    f = tmp_path / "words.tsv"
+    f.write_text("".join(f"{s}\t{t}\n" for s, t in refs.items()), encoding="utf-8")
+
+    def transliterate(self, words, beam=1, nbest=1, **kw):  # a wrong spelling first, the reference second
+        return [[("ب" + refs[w], -1.0), (refs[w], -2.0)][:nbest] for w in words]
+    monkeypatch.setattr(TranslitRNN, "transliterate", transliterate)
+    assert main(["eval", str(run), "--json", "--data", str(f), "--no-baselines"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["word_accuracy"] == 0.0 and out["top5_accuracy"] == 1.0
+    assert out["cer"] == pytest.approx(2 / 9)  # one extra letter a word over 4 + 5 reference letters
+
+
 def test_baselines_and_edit_distances():
     assert rule_based("7mer") == "حمير" and rule_based("3'ali") == "غالي" and rule_based("m9a7a") == "مصاحه"
     train = [("ahlan", "اهلا"), ("7abibi", "حبيبي"), ("ma3a", "معا")]
@@ -629,3 +714,4 @@ def test_baselines_and_edit_distances():
         for b in words:
             assert int(_edit_distance(codes([a]), codes([b]))[0, 0]) == levenshtein(a, b)
     assert levenshtein("kitten", "sitting") == 3
+    assert scores(["ab", "x"], ["abc", "x"]) == {"word_accuracy": 0.5, "cer": 0.25}  # 1 edit / 4 reference letters

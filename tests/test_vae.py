@@ -139,6 +139,10 @@ def test_gaussian_baselines_on_known_data():
     entropy = 0.5 * torch.logdet(2 * math.pi * math.e * cov).item()
     assert out["baseline_full_gaussian_bpd"] == pytest.approx(bits_per_dim(entropy, d), abs=0.01)
     assert out["baseline_diag_gaussian_bpd"] > out["baseline_full_gaussian_bpd"] + 0.05
+    # the diagonal one: the entropy of independent coordinates of the same variances
+    diagonal = 0.5 * torch.log(2 * math.pi * math.e * cov.diagonal()).sum().item()
+    assert out["baseline_diag_gaussian_bpd"] == pytest.approx(bits_per_dim(diagonal, d), abs=0.01)
+    assert out["baseline_diag_gaussian_nats"] == pytest.approx(diagonal, abs=0.02)
 
 
 def test_samples_are_digits_not_blanks_and_seeds_and_temperature_matter(prior_run, tmp_path):
