@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from zoo import cli
-from zoo.config import load_config, resolve
+from zoo.config import load_config, parse_overrides, resolve
 from zoo.errors import ConfigError, ZooError
 from zoo.registry import create_model, list_models, register_model
 
@@ -50,6 +50,8 @@ BAD = [
     (["train.optimizer.momentum=0.9"], "'train.optimizer.momentum' is for sgd"),  # adam ignored it
     (["train.optimizers={g: {momentum: 0.5}}"], "'train.optimizers.g.momentum' is for sgd"),
     (["train.optimizer.name=sgd", "train.optimizer.momentum=1.5"], "momentum' must be in"),  # diverges
+    (["train.optimizer.momentum=1", "train.optimizer.name=sgd"], "momentum' must be in"),  # never forgets
+    (["train.keep_last=0"], "'train.keep_last' must be positive"),  # no step-N.pt for --resume to fall back on
     (["train.scheduler.name=exponential", "train.scheduler.min_lr=0.01"], "cosine schedule only"),  # no floor
     (["train.seed=4294967296"], "'train.seed' must be an integer in [0, 4294967295]"),  # seed × 1,000,003 + epoch
     (["data.seed=20000000000000"], "'data.seed' must be an integer in [0, 4294967295]"),  # overflowed 64 bits
@@ -83,6 +85,10 @@ def test_nullable_keys_accept_null_and_groups_type_check_against_the_schema():
     assert gan["train"]["optimizers"]["d"]["lr"] == 5e-4 and gan["train"]["optimizers"]["d"]["weight_decay"] == 0.5
     with pytest.raises(ConfigError, match="train.optimizers.d.lr"):
         load_config("configs/gan.yaml", ["train.optimizers.d.lr=null"])
+
+
+def test_an_override_value_keeps_everything_after_the_first_equals_sign():
+    assert parse_overrides(["data.root=/a=b", "name=x=="]) == [(["data", "root"], "/a=b"), (["name"], "x==")]
 
 
 def run_cli(capsys, *argv):

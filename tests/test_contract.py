@@ -382,6 +382,16 @@ def test_every_data_module_declares_the_info_it_hands_to_models():
         json.dumps(d.info)  # plain values: a weights_only checkpoint carries them
 
 
+def test_a_model_argument_the_config_sets_wins_over_the_datas_declaration():
+    """The data declares num_classes 10; a config that sets model.num_classes: 3 gets 3 logits."""
+    from zoo.registry import create_model
+
+    info = {"input_shape": (1, 28, 28), "num_classes": 10}
+    net = create_model("lenet", info, num_classes=3, conv1=2, conv2=2, hidden=4)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+    assert create_model("lenet", info, conv1=2, conv2=2, hidden=4)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_a_model_module_that_fails_to_import_is_an_error_every_time(monkeypatch):
     import importlib.metadata
 

@@ -64,6 +64,16 @@ def test_two_processes_take_the_step_of_one_process_on_both_shards(mnist_root, t
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def test_shards_are_every_world_th_index_cut_to_one_length():
+    """5 indices over 2 ranks: 5 // 2 = 2 each, so both ranks run the same number of steps (a rank with a step
+    more would wait forever in its all-reduce); the leftover index 4 sits out this epoch."""
+    from zoo.distributed import Dist
+
+    order = torch.arange(5)
+    assert [Dist(rank, 2).shard(order).tolist() for rank in (0, 1)] == [[0, 2], [1, 3]]
+    assert torch.equal(Dist().shard(order), order)  # one process: the whole permutation
+
+
 def free_port() -> int:
     import socket
 

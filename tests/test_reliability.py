@@ -150,8 +150,11 @@ def test_a_corrupt_last_checkpoint_is_named_and_resume_falls_back_to_an_older_on
     (ckpts / "last.pt").write_bytes(bytes(raw))  # the same inode as step-22: both are bad now
     with pytest.raises(ZooError, match=r"last\.pt.*(corrupt|not a readable)"):
         ckpt_io.load(ckpts / "last.pt")
-    resumed = fit(gan1d(ckpt_every=5, keep_last=3), tmp_path / "r", resume=True)
-    assert resumed.metrics["status"] == "finished"
+    said = []
+    resumed = Trainer(gan1d(ckpt_every=5, keep_last=3), tmp_path / "r", resume=True, quiet=True, log=said.append)
+    # the newest good one (step-22 is bad too): step 20, not the oldest kept, step 15
+    assert resumed.step == 20 and any("resuming from step-00000020.pt (step 20)" in s for s in said), said
+    assert resumed.fit()["status"] == "finished"
     assert ckpt_io.digest(resumed.model.state_dict()) == ckpt_io.digest(reference.model.state_dict())
     (ckpts / "last.pt").write_bytes((ckpts / "last.pt").read_bytes()[:1000])  # truncated
     code = main(["sample", str(tmp_path / "r"), "-o", str(tmp_path / "x.png")])
@@ -198,6 +201,30 @@ def test_a_run_saved_before_an_optimizer_option_existed_still_resumes(tmp_path):
     cfg["train"]["optimizers"]["g"]["fused"] = True
     with pytest.raises(ZooError, match=r"train\.optimizers\.g\.fused"):
         ckpt_io.check_resumable({"config": old}, cfg, tmp_path)
+
+
+# each train key that changes a run's numbers, with a value other than gan1d()'s
+NUMERIC_CHANGES = {
+    "batch_size": 50, "seed": 7, "precision": "bf16", "grad_clip": 1.0,
+    "optimizer": {"name": "adam", "lr": 0.5, "betas": [0.5, 0.999]},
+    "optimizers": {"d": {"lr": 0.5}},
+    "scheduler": {"name": "step", "step_size": 2},
+}
+
+
+def test_every_train_key_is_either_resumable_or_checked_on_resume():
+    from zoo.config import TRAIN
+
+    assert set(TRAIN) - set(ckpt_io.RESUMABLE_TRAIN_KEYS) == set(NUMERIC_CHANGES)
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC_CHANGES))
+def test_a_resume_refuses_each_train_key_that_changes_the_numbers(key, tmp_path):
+    old = gan1d()
+    new = load_config({**old, "train": {**old["train"], key: NUMERIC_CHANGES[key]}})
+    with pytest.raises(ZooError, match=rf"train\.{key}\b.*--allow-changes"):
+        ckpt_io.check_resumable({"config": old}, new, tmp_path)
+    assert ckpt_io.check_resumable({"config": old}, new, tmp_path, allow_changes=True) == [key]
 
 
 # ---- safe loading ----------------------------------------------------------------------------------------------
@@ -400,6 +427,26 @@ def test_on_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path):
     # log_every 1: steps 7 and 10 trained nothing, so they have no history row (they had one with no values)
     assert [h["step"] for h in tr.metrics["history"]] == [s for s in range(1, 21) if s not in (7, 10)]
     assert all("fit" in h and math.isfinite(h["loss"]) for h in tr.metrics["history"])
+
+
+def test_max_steps_on_an_epochs_last_batch_finishes_that_epoch(tmp_path):
+    """No NaN, 400 / 40 = 10 steps an epoch: stopped at step 10, the epoch's end (validation, best.pt, scheduler)
+    runs before the stop, and last.pt resumes at the start of the next epoch, not at a batch past its end."""
+    tr = fit(nan_config(nan_from=10**9, max_steps=10), tmp_path / "r")
+    assert tr.metrics["status"] == "stopped" and [e["epoch"] for e in tr.metrics["epochs"]] == [0]
+    ck = ckpt_io.load(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert (ck["epoch"], ck["step"], ck["batch_in_epoch"]) == (1, 10, 0)
+    assert ckpt_io.load(tmp_path / "r" / "checkpoints" / "best.pt")["epoch"] == 1
+
+
+def test_skipped_steps_are_counted_across_a_resume(tmp_path):
+    """NanProbe's loss is NaN on its 7th and 10th call in each process: calls 1-8 (steps 1-8) skip step 7; the
+    resumed process's calls 1-12 are steps 9-20 and skip steps 15 and 18: 1 + 2 = 3 in all."""
+    first = fit(nan_config(on_nonfinite="skip", max_steps=8), tmp_path / "r")
+    assert first.metrics["status"] == "stopped" and first.metrics["nonfinite_skips"] == 1
+    resumed = fit(nan_config(on_nonfinite="skip"), tmp_path / "r", resume=True)
+    assert resumed.metrics["status"] == "finished" and resumed.metrics["nonfinite_skips"] == 3
+    assert [s for s in range(1, 21) if s not in {h["step"] for h in resumed.metrics["history"]}] == [7, 15, 18]
 
 
 def test_metrics_json_and_eval_json_stay_strict_json_when_a_value_is_not_finite(tmp_path):

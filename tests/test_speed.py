@@ -93,6 +93,11 @@ def test_step_window_reads_scalar_and_non_scalar_terms_and_finds_the_first_nan_l
     (step, epoch, seen, seconds, means), = window.take_logs()
     assert (step, means["acc"]) == (5, pytest.approx((2.0 + 0.5 + 0.0) / 3))
     assert window.bad[:2] == (4, "loss")  # the first one, not the last
+    sparse = StepWindow()  # a term only some steps log: its mean is over those steps, (2) / 1, not (2) / 2
+    sparse.add(1, {"loss": t(1.0), "a": t(2.0)})
+    sparse.add(2, {"loss": t(3.0)})
+    sparse.mark(2, 0, 4, 1.0)
+    assert sparse.take_logs() == [(2, 0, 4, 1.0, {"loss": (1.0 + 3.0) / 2, "a": 2.0 / 1})]
     finite = StepWindow()  # the largest fp32 numbers: their sum (in Python floats) stays finite, nothing is flagged
     finite.add(1, {"loss": t(3e38), "x": t(-3e38)})
     finite.read()
@@ -297,6 +302,38 @@ def test_an_update_clears_the_last_steps_gradients_as_zero_grad_does():
     ref = trained(by_hand)
     for p, q in zip(zoo.parameters(), ref.parameters()):
         assert torch.equal(p, q) and torch.equal(p.grad, q.grad)  # accumulated gradients would differ from step 2
+
+
+def test_grad_clip_rescales_the_gradient_to_the_given_norm_before_the_step():
+    from zoo.distributed import Dist
+    from zoo.optim import apply_update
+
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.SGD([p], lr=1.0)
+    # d/dp of sum(100 p) is [100] * 4, norm sqrt(4 * 100^2) = 200; clipped to norm 1: [100 / 200] * 4 = [0.5] * 4
+    apply_update(opt, (p * 100).sum(), torch.amp.GradScaler("cuda", enabled=False), Dist(), 1.0)
+    assert torch.equal(p.detach(), torch.full((4,), -0.5))  # lr 1: p - 0.5 (unclipped: p - 100)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_sigterms_only_ask():
+    """The first SIGINT asks for a stop after the batch; a second one raises KeyboardInterrupt (the user insists).
+    SIGTERM (torchrun, schedulers) only ever asks: it may come twice, and the run still saves its last.pt."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with StopRequests() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            pytest.fail("a second SIGTERM raised KeyboardInterrupt: only a second Ctrl-C stops at once")
+        assert stop.requested == "SIGTERM"
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # the handlers are put back
 
 
 def test_the_three_bench_loops_train_on_the_same_batches_with_the_same_epoch_length(tmp_path, mnist_root):

@@ -195,6 +195,69 @@ def test_more_epochs_on_resume_stretch_the_cosine_instead_of_training_at_its_end
     assert seen == pytest.approx([0.8 * (1 + math.cos(math.pi * t / 4)) / 2 for t in (2, 3, 4)], abs=1e-12)
 
 
+def test_optimizer_and_schedule_settings_reach_torch():
+    """A setting lost on its way to torch would train silently with torch's default instead."""
+    from zoo.config import OPTIMIZER, SCHEDULER
+    from zoo.optim import build_optimizer, build_scheduler
+
+    def params():
+        return [torch.nn.Parameter(torch.zeros(2))]
+
+    sgd = build_optimizer(params(), {**OPTIMIZER, "name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01})
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.1, 0.9, 0.01)
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        opt = build_optimizer(params(), {**OPTIMIZER, "name": name, "weight_decay": 0.05, "betas": [0.5, 0.9]})
+        assert type(opt) is cls and opt.defaults["weight_decay"] == 0.05 and opt.defaults["betas"] == (0.5, 0.9)
+    cosine = build_scheduler(sgd, {**SCHEDULER, "name": "cosine", "min_lr": 0.02}, 4)
+    assert (cosine.T_max, cosine.eta_min) == (4, 0.02)
+    for _ in range(4):
+        sgd.step(), cosine.step()
+    # at T_max the cosine reaches its floor: eta_min + (0.1 - eta_min) * (1 + cos(pi)) / 2 = eta_min
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.02)
+    step = build_scheduler(build_optimizer(params(), {**OPTIMIZER, "lr": 0.8}),
+                           {**SCHEDULER, "name": "step", "step_size": 3, "gamma": 0.5}, 4)
+    assert (step.step_size, step.gamma) == (3, 0.5)
+    assert build_scheduler(sgd, SCHEDULER, 4) is None  # name none: a constant rate
+
+
+def test_reload_keeps_only_what_metrics_json_recorded_up_to_the_checkpoint(tmp_path):
+    """metrics.json was written at step 6 (three 2-step epochs); the resume starts from a checkpoint at step 4,
+    after two epochs: the rows after it are trained again and must not appear twice."""
+    from zoo.runlog import RunLog
+
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "history": [{"step": s, "epoch": (s - 1) // 2, "loss": float(s)} for s in range(1, 7)],
+        "epochs": [{"epoch": e, "step": 2 * (e + 1), "val/loss": float(e)} for e in range(3)]}))
+    log = RunLog(tmp_path, {"name": "n", "model": {"name": "m"}})
+    log.reload(4, 2)  # step 4, 2 epochs finished
+    assert [h["step"] for h in log.history] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in log.epochs] == [0, 1]
+
+
+def test_a_fresh_start_clears_the_leftovers_of_a_start_that_died_before_its_first_checkpoint(tmp_path):
+    cfg = {"name": "q", "model": {"name": "linear_ae", "k": 1, "tied": True, "center": True},
+           "data": {"name": "homework", "problem": "hw6_q1a"},
+           "train": {"epochs": 1, "batch_size": 2, "optimizer": {"name": "sgd", "lr": 0.01}, "device": "cpu"}}
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / "events.out.tfevents.1.dead.1.0"
+    stale.write_bytes(b"")  # a dead start's curves would be drawn beside this run's
+    (run / "metrics.json").write_text(json.dumps({"status": "running", "step": 99}))
+    tr = fit(load_config(cfg), run)
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1 and not stale.exists()
+    assert json.loads((run / "metrics.json").read_text())["step"] == tr.step
+
+
+def test_new_run_dirs_are_numbered_past_the_runs_already_there(tmp_path):
+    from zoo.runlog import new_run_dir
+
+    assert new_run_dir("n", tmp_path) == tmp_path / "n"
+    for taken in ("n", "n-2"):
+        (tmp_path / taken / "checkpoints").mkdir(parents=True)
+    assert new_run_dir("n", tmp_path) == tmp_path / "n-3"  # n is the first, then n-2: never n-1
+
+
 def _hparams(run: Path) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -211,7 +274,11 @@ def test_hparams_name_the_schedule_and_each_groups_optimizer(tmp_path):
            "train": {"epochs": 1, "batch_size": 1000, "device": "cpu", "best_metric": "none",
                      "optimizer": {"name": "adam", "lr": 1e-3}, "optimizers": {"d": {"name": "sgd", "lr": 0.25}},
                      "scheduler": {"name": "step", "step_size": 3, "gamma": 0.5}}}
-    fit(load_config(cfg), tmp_path / "run")
+    tr = fit(load_config(cfg), tmp_path / "run")
+    # D really trained with its own section, G with train.optimizer (one epoch of step_size 3: no decay yet)
+    d, g = tr.optimizers["d"], tr.optimizers["g"]
+    assert type(d) is torch.optim.SGD and d.param_groups[0]["lr"] == 0.25
+    assert type(g) is torch.optim.Adam and g.param_groups[0]["lr"] == pytest.approx(1e-3)
     hp = _hparams(tmp_path / "run")  # the GAN's D trained with sgd at 0.25: the summary must say so
     assert hp["train.optimizers.d.name"] == "sgd" and hp["train.optimizers.d.lr"] == 0.25
     assert hp["train.scheduler.name"] == "step" and hp["train.scheduler.gamma"] == 0.5
