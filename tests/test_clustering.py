@@ -19,7 +19,7 @@ from zoo.config import load_config
 from zoo.errors import ConfigError
 from zoo.registry import create_model
 from zoo.trainer import Trainer, fit
-from zoo.visuals import write
+from zoo.visuals import table, write
 
 
 class TinyData:
@@ -425,6 +425,11 @@ def test_artifacts_write_the_table_and_the_centres(tmp_path):
     assert Image.open(tmp_path / "centers.png").size == (10 * (4 + 2) + 2, 4 + 2 * 2)
 
 
+def test_markdown_table_has_one_rule_per_column_and_escapes_pipes():
+    # Markdown needs the rule row to have as many cells as the header (here 2); a | inside a cell would split it
+    assert table(["a", "b"], [[1, "x|y"]]) == "| a | b |\n|---|---|\n| 1 | x\\|y |"
+
+
 # ---- through the real trainer on real MNIST ---------------------------------------------------------------------
 def test_kmeans_config_trains_with_the_trainer(mnist_root, tmp_path):
     cfg = load_config("configs/kmeans.yaml", [f"data.root={mnist_root}", "data.limit=3000", "train.epochs=3",
@@ -564,3 +569,28 @@ def test_compress_images_of_few_colours_and_of_16_bits(tmp_path):
     Image.fromarray(deep).save(tmp_path / "g16.png")
     grey = load_rgb(tmp_path / "g16.png")[..., 0].numpy().astype(float)
     assert np.abs(grey - deep / 257).max() <= 0.5  # scaled to 8 bits, not clipped at 255
+
+
+@pytest.mark.parametrize("method", ["lloyd", "net"])
+def test_palette_rounds_the_centres_to_the_nearest_level(method):
+    """Two colours, k 2: the centres are the two colours, level v as v/255. Computed, they come back a few ulps
+    off (Lloyd's gives 97 as 96.99998 here): truncating would repaint that channel a level darker."""
+    a, b = torch.tensor([9, 17, 34], dtype=torch.uint8), torch.tensor([68, 97, 113], dtype=torch.uint8)
+    img = torch.stack([a] * 32 + [b] * 32).reshape(8, 8, 3)
+    r = compress(img, 2, method)
+    assert r["mse"] == 0 and torch.equal(r["image"], img)
+
+
+def test_psnr_is_ten_log10_of_peak_squared_over_mse():
+    img = (torch.arange(16 * 16 * 3) % 251).to(torch.uint8).reshape(16, 16, 3)
+    r = compress(img, 4, "lloyd")
+    mse_levels = (r["image"].double() - img.double()).pow(2).mean().item()  # in 8-bit levels: peak 255
+    assert r["psnr_db"] == pytest.approx(10 * math.log10(255 ** 2 / mse_levels), rel=1e-6)
+    assert r["mse"] == pytest.approx(mse_levels / 255 ** 2, rel=1e-6)
+
+
+def test_float_images_in_0_1_are_scaled_to_8_bits(tmp_path):
+    grey = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)  # a float TIFF ("F" mode) in [0, 1]
+    Image.fromarray(grey, "F").save(tmp_path / "f.tiff")
+    got = load_rgb(tmp_path / "f.tiff")[..., 0].numpy().astype(float)
+    assert np.abs(got - grey * 255).max() <= 0.5  # x 255 and rounded, not clipped to 0 and 1

@@ -146,6 +146,14 @@ def test_list_with_wildcards(capsys):
     assert len(out.strip().splitlines()) == len(list_models())
 
 
+def test_list_shows_what_each_model_can_do(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    can = {line.split()[0]: line.split()[3] for line in out.strip().splitlines()}  # name, family, config, can
+    # the gan defines sample; the autoencoder sample and reconstruct; the classifier none of the commands' methods
+    assert code == 0 and (can["gan"], can["gaussian_ae"], can["lenet"]) == ("sample", "sample,reconstruct", "-")
+    assert can["translit_rnn"] == "translate"
+
+
 def test_registry_refuses_duplicates_and_suggests_names():
     with pytest.raises(ValueError, match="registered twice"):
         register_model("gaussian_ae", family="x", description="x")(object)

@@ -70,6 +70,22 @@ def test_limit_and_binarize(mnist_root):
     assert len(d.full_train()[0]) == 60000
 
 
+def test_pixels_are_bytes_over_255_and_binarize_cuts_at_half_of_255(mnist_root):
+    d = create_data("mnist", root=mnist_root, limit=100)
+    raw = d.raw_train[0]  # the 60k images as uint8, in order
+    assert torch.equal(d.full_train()[0][:, 0], raw.float() / 255)
+    assert d.tensors("train")[0].max().item() == 1.0  # ink at 255 is 1, not 255/256
+    b = create_data("mnist", root=mnist_root, limit=100, binarize=True)
+    assert torch.equal(b.full_train()[0][:, 0], (raw >= 128).float())  # 127 -> 0, 128 -> 1 (half of 255: 127.5)
+
+
+def test_the_seed_picks_the_validation_images_and_a_limit_keeps_a_tenth_of_it(mnist_root):
+    val = lambda seed: create_data("mnist", root=mnist_root, limit=100, seed=seed).tensors("val")[0]  # noqa: E731
+    a = val(0)
+    assert len(a) == 10  # limit 100: 100 // 10 validation images
+    assert torch.equal(a, val(0)) and not torch.equal(a, val(1))
+
+
 def test_gaussian_images_refuse_a_std_without_a_covariance():
     """std 0 or NaN has no Cholesky factor: one ConfigError on the key, not "could not be loaded" at setup."""
     for std in (0.0, float("nan"), 1e30):
@@ -89,3 +105,24 @@ def test_a_root_naming_the_mnist_or_raw_folder_finds_the_files_there(mnist_root,
     for root in (tmp_path / "MNIST", raw):
         assert ensure_mnist(root) == raw
         assert create_data("mnist", root=str(root), limit=5).size("train") == 5
+
+
+# ---- batching (the base class, on the small triangle1d data) ----------------------------------------------------
+def test_epoch_order_is_a_permutation_set_by_the_seed_and_the_epoch():
+    d = create_data("triangle1d", n=100, n_test=10)
+    order = d.epoch_order(0, 0)
+    assert torch.equal(order.sort().values, torch.arange(100)) and torch.equal(order, d.epoch_order(0, 0))
+    assert not torch.equal(order, d.epoch_order(0, 1)) and not torch.equal(order, d.epoch_order(1, 0))
+
+
+def test_num_batches_counts_the_last_partial_batch():
+    d = create_data("triangle1d", n=100, n_test=10)
+    assert d.num_batches("train", 32) == 4  # 100 = 3 x 32 + 4
+    assert d.num_batches("train", 32, order=torch.arange(33)) == 2  # 33 = 32 + 1
+    assert len(list(d.batches("train", 32))) == 4
+
+
+def test_skip_counts_batches_in_the_stored_order_too():
+    d = create_data("triangle1d", n=100, n_test=10)
+    first = next(d.batches("train", 8, skip=2))[0]
+    assert torch.equal(first, d.tensors("train")[0][16:24])  # after 2 batches of 8: rows 16 to 23

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -72,6 +73,23 @@ def test_w1_counts_samples_outside_the_support():
     quantiles = g_star((torch.arange(400_000, dtype=torch.float64) + 0.5) / 400_000)
     ref = stats.wasserstein_distance(x.double().numpy(), quantiles.numpy())
     assert w1_to_triangle(x) == pytest.approx(ref, abs=1e-6)
+
+
+def test_w1_of_a_non_monotone_generator_sorts_its_values():
+    """G(z) = (z + 1/2) mod 1 draws the uniform law, as the identity does, but is not increasing: its W1 to the
+    triangle law is the identity's 1/6, while the unsorted distance ∫|G - G*| is larger."""
+    class HalfTurn(nn.Module):
+        def forward(self, z):
+            return (z + 0.5) % 1
+
+    m = GAN1D()
+    m.generator = HalfTurn()
+    out = m.evaluate(create_data("triangle1d", n=100, n_test=2000), Ctx())
+    assert not out["g_monotone"]
+    # sorted, G is the identity: W1 = ∫ (z - G*(z)) dz = 1/2 - 1 + 2/3 = 1/6 (on the 10001-point grid: within 1e-4)
+    assert out["w1"] == pytest.approx(1 / 6, abs=1e-3)
+    # by hand, G* = 1 - sqrt(1 - z): ∫_0^1/2 (z + 1/2 - G*) dz + ∫_1/2^1 (G* - z + 1/2) dz = 11/12 - sqrt(2)/3
+    assert out["l1_g_gstar"] == pytest.approx(11 / 12 - math.sqrt(2) / 3, abs=1e-3)  # 0.445
 
 
 def test_sampling_floor_of_w1_and_ks_at_10k():
@@ -170,21 +188,38 @@ def test_d_step_leaves_g_alone_and_g_step_moves_g():
     assert terms["r1"] > 0 and {"d_real", "d_fake"} <= set(terms)
 
 
+@pytest.mark.parametrize("bias", [3.0, -3.0])
+def test_validation_accuracy_of_a_constant_discriminator_is_one_half(bias):
+    """D's accuracy averages its two halves: reals called real (logit > 0), fakes called fake (logit < 0). A D
+    that says the same logit to everything is right on exactly one half: d_acc = (1 + 0) / 2 either way."""
+    m = GAN1D(freeze_g_identity=True)
+    with torch.no_grad():
+        m.discriminator[-1].weight.zero_()
+        m.discriminator[-1].bias.fill_(bias)
+    out = m.validation_step((torch.rand(16, 1),))
+    assert out["d_acc"].item() == 0.5
+    assert out["d_real"].item() == out["d_fake"].item() == pytest.approx(1 / (1 + math.exp(-bias)), rel=1e-6)
+
+
 def test_lazy_r1_penalises_every_kth_d_update_with_k_times_the_weight():
     torch.manual_seed(0)
     lazy = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, r1=2.0, r1_every=3, ema=0)
     plain = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, r1=0.0, ema=0)
     plain.load_state_dict(lazy.state_dict())
     x = torch.rand(8, 1, 28, 28)
-    extra = []
+    extra, logged = [], []
     for _ in range(6):
         torch.manual_seed(1)  # the same fakes for both models
         a = lazy.training_step((x,), optimizer="d")
         torch.manual_seed(1)
         b = plain.training_step((x,), optimizer="d")
         extra.append((a["loss"] - b["loss"]).item())
+        logged.append(a["r1"].item())
     r1 = extra[0] / (0.5 * 2.0 * 3)
     assert r1 > 0 and lazy.d_updates == 6
+    # the extra loss is 0.5 * r1 * r1_every * R1 with R1 the penalty the step logs (a difference of two float32
+    # losses near 1.39: measured 0.2% off); without the factor r1_every it would be a third of that
+    assert r1 == pytest.approx(logged[0], rel=0.02)
     assert extra[3] == pytest.approx(extra[0], rel=1e-5)  # updates 0 and 3 penalised, the same D and x
     assert extra[1:3] == [0.0, 0.0] and extra[4:] == [0.0, 0.0]
     state = lazy.state_dict()
@@ -265,17 +300,41 @@ def test_sample_shapes_range_and_seeds():
     assert s1.shape == (7, 1) and not hasattr(GAN1D, "sample")  # not an image model for `zoo sample`
 
 
-def test_gan_trains_and_samples_digits_through_the_cli(mnist_root, tmp_path, small_lenet_run, monkeypatch,
-                                                     one_thread):
-    """`zoo train` then `zoo sample`: the written images are read as digits by the LeNet evaluator, and with a
-    confidence that uniform noise does not reach."""
-    run = tmp_path / "gan"
+def test_sample_in_training_mode_uses_the_running_statistics_and_keeps_them():
+    """A sample does not depend on its batch-mates: batch norm normalises with the running statistics even when
+    the model is training, and sampling leaves those statistics as they were."""
+    torch.manual_seed(0)
+    m = GAN((1, 28, 28), latent_dim=8, g_width=4, d_width=4, ema=0)
+    bn = m.generator[2]
+    with torch.no_grad():
+        bn.running_mean.fill_(0.3)  # far from the batch's own statistics
+        bn.running_var.fill_(2.0)
+    m.eval()
+    expected = m.generator(m.noise(4, torch.Generator().manual_seed(0)))
+    m.train()
+    before = bn.running_mean.clone()
+    got = m.sample(4, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(bn.running_mean, before) and m.training
+
+
+@pytest.fixture(scope="module")
+def gan_run(mnist_root, tmp_path_factory, one_thread):
+    """A small GAN trained by `zoo train` for 800 steps (~8 s), once for the CLI tests below."""
+    run = tmp_path_factory.mktemp("gan") / "gan"
     # 800 steps (~8 s): lr 2e-3 and batch 32 get furthest in that time; lr 5e-4 at batch 64 gave confidence 0.37
     argv = ["train", "configs/gan.yaml", "--run-dir", str(run), "--quiet", f"data.root={mnist_root}",
             "data.limit=6400", "data.val_size=64", "train.epochs=4", "train.batch_size=32", "train.device=cpu",
             "model.g_width=16", "model.d_width=16", "model.depth=0", "train.optimizers.d.lr=2e-3",
             "train.optimizers.g.lr=2e-3"]
     assert main(argv) == 0
+    return run
+
+
+def test_gan_trains_and_samples_digits_through_the_cli(gan_run, tmp_path, small_lenet_run, monkeypatch):
+    """`zoo train` then `zoo sample`: the written images are read as digits by the LeNet evaluator, and with a
+    confidence that uniform noise does not reach."""
+    run = gan_run
     assert list((run / "samples").glob("samples_epoch000.png"))
     written, save_png = [], visuals.save_png
 
@@ -299,6 +358,34 @@ def test_gan_trains_and_samples_digits_through_the_cli(mnist_root, tmp_path, sma
     # samples 0.61-0.64 (train.seed 0-2), an untrained G 0.23. 0.5 sits clear of the noise and of the samples
     assert noise["mean_confidence"] < 0.5 < judged["mean_confidence"], (noise, judged)
     assert sum(s > 0 for s in judged["class_shares"]) >= 7, judged  # several digits, not one mode (measured 10)
+
+
+def test_zoo_sample_seed_and_temperature_reach_the_noise_and_the_suffix_check_ignores_case(gan_run, tmp_path):
+    def png(*flags, name="s.png"):
+        out = tmp_path / name
+        assert main(["sample", str(gan_run), "-n", "4", "-o", str(out), "--device", "cpu", *flags]) == 0
+        return out.read_bytes()
+
+    assert png("--seed", "1") != png("--seed", "2")  # other noise, other digits
+    assert png("--seed", "1", "-t", "0") == png("--seed", "2", "-t", "0")  # -t 0 scales every z to 0: one image
+    assert png("--seed", "1", name="S.PNG") == png("--seed", "1")  # .PNG is a PNG: the same file
+
+
+def test_zoo_eval_seed_draws_the_fakes_and_one_seed_gives_one_report(gan_run, capsys):
+    """The GAN's evaluation shows D fakes drawn from torch's generator, which `zoo eval --seed` seeds: the same
+    seed gives the same report twice in one process (where the generator has moved on between the two), another
+    seed other fakes."""
+    def report(seed):
+        capsys.readouterr()
+        assert main(["eval", str(gan_run), "--json", "--no-fid", "--device", "cpu", "--seed", str(seed)]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    a, b, c = report(1), report(1), report(2)
+    assert a == b
+    assert a["test_d_real"] == c["test_d_real"]  # the real half has no noise
+    # the mean of D over the 10,000 fakes moves by its standard error between seeds (measured 6e-4), far above
+    # the round-off of a sum in another order (1e-9)
+    assert abs(a["test_d_fake"] - c["test_d_fake"]) > 1e-5
 
 
 # ---- FID ----------------------------------------------------------------------------------------------------------
@@ -432,3 +519,43 @@ def test_lenet_features_and_shift_augmentation():
         assert len(fits) == 1, i
         moved += fits[0] != (0, 0)
     assert moved >= 48  # 24 of the 25 shifts move the image
+
+
+def test_random_shift_draws_every_one_of_the_25_shifts():
+    """Shifts by -2..2 pixels in y and in x: 5 x 5 = 25 translations, each drawn with chance 1/25, so 256 images
+    miss one of them with chance below 25 (24/25)^256 = 7e-4 (seeded here)."""
+    from zoo.models.lenet import random_shift
+
+    torch.manual_seed(0)
+    x = torch.zeros(256, 1, 28, 28)
+    x[:, :, 9:19, 11:16] = 1  # a tall bar: each shift gives another image
+    y = random_shift(x, 2)
+    every = {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    seen = {(dy, dx) for i in range(len(x)) for dy, dx in every
+            if torch.equal(y[i], torch.roll(x[i], (dy, dx), (1, 2)))}
+    assert seen == every
+
+
+def test_lenet_step_in_eval_mode_sees_the_images_unshifted():
+    """Shifts augment training only: in eval mode (validation) the loss is the cross-entropy of the images as
+    they are."""
+    from zoo.models.lenet import LeNet
+
+    torch.manual_seed(0)
+    m = LeNet((1, 28, 28), 10).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    with torch.no_grad():
+        loss, plain = m.training_step((x, y))["loss"], nn.functional.cross_entropy(m(x), y)
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_lenet_evaluate_reports_the_majority_class_baseline():
+    from zoo.models.lenet import LeNet
+
+    class FourImages:  # the test split: labels 0, 0, 0, 1
+        def tensors(self, split):
+            return torch.zeros(4, 1, 28, 28), torch.tensor([0, 0, 0, 1])
+
+    out = LeNet((1, 28, 28), 10).evaluate(FourImages(), Ctx())
+    assert out["baseline_majority_class"] == 3 / 4 and out["n_test"] == 4  # always "0": right on 3 of 4
+    assert out["test_error"] == pytest.approx(1 - out["test_accuracy"])

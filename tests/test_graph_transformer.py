@@ -349,6 +349,14 @@ def test_the_bayes_rule_beats_the_single_node_baseline_and_matches_its_formula()
     assert acc["bayes_optimal"] > acc["single_node_max"] + 0.05 and acc["single_node_max"] > 0.5, acc
 
 
+def test_the_single_node_threshold_is_the_best_one_on_the_training_graphs():
+    d = disturbance(n_nodes=40, hops=1, amplitude=0.8, train_graphs=1500, val_graphs=10, test_graphs=10)
+    s, y = d.max_node_score("train"), d.tensors("train")[4]
+    # every threshold the rule can pick (predict 1 above one of the scores), each scored on all 1500 graphs
+    best = ((s[None, :] > s[:, None]).long() == y).float().mean(1).max().item()
+    assert d.baselines("train")["single_node_max"] == pytest.approx(best, abs=1e-6)
+
+
 def test_exam_readout_needs_a_fixed_node_set(tmp_path, capsys):
     cfg = ["train", str(ROOT / "configs" / "graph_disturbance.yaml"), "--run-dir", str(tmp_path / "r"), "--quiet",
            "model.readout=exam", "data.train_graphs=64", "data.val_graphs=16", "data.test_graphs=16",
@@ -391,6 +399,26 @@ def test_superpixel_graphs_have_at_most_75_nodes_8_neighbours_and_features_in_ra
     monkeypatch.setattr("zoo.data.mnist_superpixels.build_graphs", lambda *a, **k: pytest.fail("rebuilt"))
     again = create_data("mnist_superpixels", root=str(tmp_path), limit=30, workers=1)
     assert torch.equal(again.tensors("train")[0], x)
+
+
+def test_superpixel_features_of_a_known_segmentation(monkeypatch):
+    """SLIC replaced by the four 14 x 14 quadrants: the features are each quadrant's mean intensity and its centre
+    in (x right, y up), both in [0, 1]: columns 0..13 average 6.5 -> 6.5 / 27, columns 14..27 20.5 -> 20.5 / 27,
+    and the top rows (0..13) are the high y: 1 - 6.5 / 27 = 20.5 / 27."""
+    import numpy as np
+    import skimage.segmentation
+
+    from zoo.data.mnist_superpixels import superpixel_graph
+
+    rows, cols = np.indices((28, 28))
+    monkeypatch.setattr(skimage.segmentation, "slic", lambda image, **kw: 2 * (rows >= 14) + (cols >= 14))
+    img = np.zeros((28, 28))
+    img[:14, :14] = 1.0  # the top-left quadrant is bright
+    feats, nbr = superpixel_graph(img, 4, 0.25, 1)
+    lo, hi = 6.5 / 27, 20.5 / 27
+    assert np.allclose(feats, [[1, lo, hi], [0, hi, hi], [0, lo, lo], [0, hi, lo]], atol=1e-6)  # TL, TR, BL, BR
+    # the nearest quadrant: the two side by side are equally near, the lower index wins (TL's: TR over BL)
+    assert nbr[:, 0].tolist() == [1, 0, 0, 1]
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------------

@@ -136,6 +136,17 @@ def test_purifier_matches_the_closed_form(tmp_path):
     assert out["gains_learned"] == pytest.approx(gains.tolist(), abs=1e-5)
 
 
+def test_held_out_spectrum_points_have_the_second_moment_of_the_training_points():
+    """Validation and test points are U diag(s) g / sqrt(n), g ~ N(0, I): E[x x^T] = U diag(s^2) U^T / n = X X^T / n,
+    so every split's mean squared norm is sum s^2 / n (181.4 / 64 = 2.83 on the default spectrum)."""
+    d = create_data("spectrum")
+    expected = d.singular_values.double().pow(2).sum().item() / d.n  # ||X||_F^2 / n: exact on the training points
+    msq = lambda split: d.tensors(split)[0].double().pow(2).sum(1).mean().item()  # noqa: E731
+    assert msq("train") == pytest.approx(expected, rel=1e-5)
+    for split in ("val", "test"):  # a mean of 64 draws: relative sd sqrt(2 sum s^4) / sum s^2 / 8 = 0.12
+        assert msq(split) == pytest.approx(expected, rel=0.5), split  # without the 1/sqrt(n): 64 times more
+
+
 def test_q10a_losses_and_the_lambda_where_beta_wins():
     x = create_data("homework", problem="final_q10a").tensors("train")[0]
     alpha, beta = LinearPurifier((2,), init="identity"), LinearPurifier((2,), init="zeros")
@@ -187,6 +198,14 @@ def test_input_noise_is_gaussian_on_training_batches_only():
     assert torch.equal(data.tensors("train")[0], torch.ones_like(x))  # stored data never change
     with pytest.raises(ValueError):
         batch("val", 0)
+
+
+def test_regression_data_have_the_configured_noise_and_feature_scales():
+    d = create_data("synthetic_regression", n=4000, noise=0.1)
+    x, y = d.tensors("train")
+    # y - x w_true is the noise alone: sd 0.1, estimated from 4000 draws to about 1% (1 / sqrt(2 * 4000))
+    assert (y - x @ d.w_true).std().item() == pytest.approx(0.1, rel=0.05)
+    assert x.std(0).tolist() == pytest.approx(d.scales, rel=0.05)  # features N(0, scales^2)
 
 
 def test_instance_noise_regression_is_ridge_with_lambda_sigma_squared(tmp_path):

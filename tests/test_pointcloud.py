@@ -113,6 +113,20 @@ def test_augmentation_draws_only_from_the_generator_it_is_given(digits):
     assert not torch.equal(a, batch[0])
 
 
+def test_rotation_and_scale_go_both_ways(digits):
+    """rotate 30: angles uniform in [-30°, 30°]; scale 0.2: factors uniform in [0.8, 1.2]. Of 300 clouds about 75
+    fall in each outer quarter (below -15° or above 15°, below 0.9 or above 1.1): both ways, not one."""
+    batch = next(digits.batches("train", 300))
+    x = batch[0]
+    rotating = build_data("mnist_points", limit=10, rotate=30.0, scale=0.0, jitter=0.0, dropout=0.0)
+    rot = torch.linalg.lstsq(x, rotating.augment(batch, torch.Generator().manual_seed(0))[0]).solution
+    angles = torch.rad2deg(torch.atan2(rot[:, 0, 1], rot[:, 0, 0]))
+    assert angles.abs().max() <= 30.01 and angles.min() < -15 and angles.max() > 15
+    scaling = build_data("mnist_points", limit=10, rotate=0.0, scale=0.2, jitter=0.0, dropout=0.0)
+    factor = scaling.augment(batch, torch.Generator().manual_seed(0))[0].norm(dim=(1, 2)) / x.norm(dim=(1, 2))
+    assert factor.min() >= 0.8 - 1e-5 and factor.max() <= 1.2 + 1e-5 and factor.min() < 0.9 and factor.max() > 1.1
+
+
 # ---- the exam's part (a): the global feature is a symmetric function of the points ----------------------------
 @pytest.mark.parametrize("pool", ["avg", "max", "both"])
 def test_pointnet_feature_and_prediction_are_permutation_invariant(digits, pool):
