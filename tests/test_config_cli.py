@@ -296,3 +296,25 @@ def test_usage_errors_are_one_line_and_help_works_on_every_call(capsys):
         assert cli.main(["train"]) == 2 and "Missing argument 'config'" in capsys.readouterr().err
         assert cli.main(["sample", "--bogus"]) == 2 and "No such option: --bogus" in capsys.readouterr().err
         assert cli.main(["--help"]) == 0 and "translit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["translit", "runs/nope", "ahlan", "-t", "0.5", "--nbest", "2"], "--temperature"),  # sampling: one candidate
+    (["export", "runs/nope", "-o", "x.safetensors", "--format", "onnx"], "--format"),  # before the run is read
+    (["export", "runs/nope", "-o", "x.png"], ".safetensors"),
+    (["eval", "runs/nope", "--checkpoint", "middle"], "--checkpoint"),
+])
+def test_option_checks_come_before_the_run_is_read(capsys, argv, needle):
+    # runs/nope does not exist: a check done after loading the run would blame the path instead
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_list_aligns_every_column_before_the_description(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    lines = out.rstrip("\n").splitlines()
+    infos = {i.name: i for i in list_models()}
+    # each line is name, family, config, capabilities, each padded to its column's width, then the description:
+    # the description starts at the same offset on every line
+    starts = {len(line) - len(infos[line.split()[0]].description) for line in lines}
+    assert code == 0 and len(starts) == 1 and all(line.endswith(infos[line.split()[0]].description) for line in lines)

@@ -715,3 +715,117 @@ def test_baselines_and_edit_distances():
             assert int(_edit_distance(codes([a]), codes([b]))[0, 0]) == levenshtein(a, b)
     assert levenshtein("kitten", "sitting") == 3
     assert scores(["ab", "x"], ["abc", "x"]) == {"word_accuracy": 0.5, "cer": 0.25}  # 1 edit / 4 reference letters
+
+
+# ---- text handling, checked by hand on the untrained tiny() model --------------------------------------------------
+def test_split_token_lowercases_before_looking_for_letters_and_cuts_at_unknown_symbols():
+    model = tiny()
+    # "AHLAN": no capital is in SRC, but A is alphanumeric (never punctuation) and its lower case a is a source
+    # letter, so the run is a word to transliterate, not text to pass through
+    assert model.split_token("AHLAN") == [("AHLAN", True)]
+    # 😀 is not alphanumeric and not in the source vocabulary: punctuation that cuts the token
+    assert model.split_token("ahlan😀") == [("ahlan", True), ("😀", False)]
+    assert model.split_token("😀ahlan") == [("😀", False), ("ahlan", True)]
+    # digits are word characters but no letters: 2024 alone passes through, 3 inside a word is a letter
+    assert model.split_token("2024") == [("2024", False)] and model.split_token("3ala") == [("3ala", True)]
+
+
+def test_opening_and_closing_quotes_are_punctuation_even_when_training_sources_held_them():
+    # a corpus line may hold « » “ ” (categories Pi/Pf): in the vocabulary, still never letters of a word
+    torch.manual_seed(0)
+    model = create_model("translit_rnn", {"src_vocab": [*SRC, "«", "»", "“", "”"], "tgt_vocab": TGT},
+                         emb=8, hidden=16, dropout=0.0).eval()
+    assert model.split_token("«ahlan»") == [("«", False), ("ahlan", True), ("»", False)]
+    assert model.split_token("“3ala”") == [("“", False), ("3ala", True), ("”", False)]
+
+
+def test_decode_tokens_skips_specials_and_stops_at_the_first_eos():
+    model = tiny()
+    # ids 4 and 5 are the first two real characters of TGT (ء and أ); <sos>, <unk>, <pad> are dropped, and
+    # nothing after <eos> (id 3) is read
+    row = torch.tensor([SOS_ID, 4, UNK_ID, 5, PAD_ID, EOS_ID, 4, 6])
+    assert model.decode_tokens(row) == TGT[4] + TGT[5] == "ءأ"
+    assert model.decode_tokens(torch.tensor([EOS_ID, 4])) == ""
+
+
+def test_encode_words_reads_capitals_as_the_corpus_lower_case_spelling():
+    model = tiny()
+    # normalize_source lower-cases (the source vocabulary only has lower-case letters): AHLAN is ahlan, no <unk>
+    src, src_len = model.encode_words(["AHLAN", "ahlan"])
+    assert torch.equal(src[0], src[1]) and src_len.tolist() == [5, 5] and UNK_ID not in src[0].tolist()
+
+
+def test_transliterate_reuses_the_callers_cache_and_restores_training_mode():
+    model = tiny()
+    # a planted entry is returned as it is: a cached word is never decoded again; new words are added
+    cache = {"ahlan": [("X", -1.0)]}
+    out = model.transliterate(["ahlan", "kifak", "ahlan"], cache=cache)
+    assert out[0] == out[2] == [("X", -1.0)] and set(cache) == {"ahlan", "kifak"} and cache["kifak"] == out[1]
+    assert model.translate(["ahlan, kifak"], cache=cache, beam=1)[0][0][1][0][0] == "X,"
+    # sampling draws afresh on every call: the cache is not read (nor written)
+    sampled = model.translate(["ahlan"], temperature=1.0, cache=cache)[0][0][1]
+    assert sampled[0][0] != "X" and cache["ahlan"] == [("X", -1.0)]
+    model.train()
+    model.transliterate(["ahlan"])
+    assert model.training  # decoding switches to eval mode and back
+    model.eval()
+    model.transliterate(["ahlan"])
+    assert not model.training
+
+
+def test_translate_nbest_without_a_beam_still_searches_and_refuses_zero():
+    model = tiny()
+    # nbest 3 with beam 1: the search widens to max(beam, nbest) = 3, so the same list as beam 3
+    (_, wide), = model.translate(["ahlan"], beam=1, nbest=3)[0]
+    assert len(wide) == 3 and wide == model.translate(["ahlan"], beam=3, nbest=3)[0][0][1]
+    for bad in ({"nbest": 0}, {"beam": 0}):
+        with pytest.raises(ZooError, match="--nbest"):
+            model.translate(["ahlan"], **bad)
+
+
+def test_a_word_longer_than_max_chunk_is_decoded_in_pieces_of_max_chunk():
+    from zoo.models.translit import MAX_CHUNK
+
+    model = tiny()
+    head, tail = ("ahlan" * 10)[:MAX_CHUNK], "kifak"  # 40 + 5 characters: pieces cut at exactly 40
+    (_, cands), = model.translate([head + tail], beam=1)[0]
+    (h,), (t,) = model.transliterate([head, tail])
+    assert cands == [(h[0] + t[0], pytest.approx(h[1] + t[1]))]
+
+
+def fake_run(monkeypatch, model, name="translit_rnn"):
+    """zoo translit/eval on ``model`` without training a run: load_run hands it back for any path."""
+    cfg = {"model": {"name": name}, "data": {"name": "arabizi"}}
+    monkeypatch.setattr("zoo.checkpoint.load_run", lambda run, device=None, which="last": (model, cfg, {}))
+
+
+def test_translit_command_keeps_its_word_cache_across_blocks_of_lines(monkeypatch, capsys):
+    model = tiny()
+    calls = []
+    decode = model.beam_decode
+    monkeypatch.setattr(model, "beam_decode", lambda src, *a, **kw: calls.append(len(src)) or decode(src, *a, **kw))
+    fake_run(monkeypatch, model)
+    # 2001 lines: a block of 2000, then one of 1. "ahlan" is decoded once, in the first block; the second block
+    # finds it in the cache the command keeps across blocks
+    text = "ahlan\n" * 2001
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
+    assert main(["translit", "any-run"]) == 0
+    out = capsys.readouterr().out.split("\n")[:-1]
+    assert len(out) == 2001 and len(set(out)) == 1 and calls == [1]
+
+
+def test_translit_command_refuses_a_model_that_cannot_translate(monkeypatch, capsys):
+    fake_run(monkeypatch, torch.nn.Linear(1, 1), name="lenet")  # no translate method
+    assert main(["translit", "any-run", "ahlan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot translate" in err
+
+
+def test_eval_refuses_options_the_model_cannot_use_even_when_zero_or_with_no_fid(monkeypatch, capsys):
+    model = tiny()
+    model.sample = lambda *a, **kw: None  # a model that samples: --evaluator would apply, but not with --no-fid
+    fake_run(monkeypatch, model)
+    for flags in (["--iw-samples", "0"], ["--evaluator", "runs/lenet", "--no-fid"]):
+        assert main(["eval", "any-run", *flags]) == 2  # translit has no importance-weighted bound, even 0 of it
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flags[0] in err, (flags, err)
