@@ -126,3 +126,19 @@ def test_skip_counts_batches_in_the_stored_order_too():
     d = create_data("triangle1d", n=100, n_test=10)
     first = next(d.batches("train", 8, skip=2))[0]
     assert torch.equal(first, d.tensors("train")[0][16:24])  # after 2 batches of 8: rows 16 to 23
+
+
+def test_cache_key_ignores_the_order_of_the_parameters_and_changes_with_the_version(tmp_path, monkeypatch):
+    """Same parameters written in another order: the same entry, not a rebuild; a VERSION bump: a new entry."""
+    from zoo.data import cache
+
+    calls = []
+    build = lambda: calls.append(1) or {"x": torch.arange(3.0)}  # noqa: E731
+    cache.cached(tmp_path, "toy", {"a": 1, "b": 2}, build, log=lambda s: None)
+    cache.cached(tmp_path, "toy", {"b": 2, "a": 1}, build, log=lambda s: None)
+    assert len(calls) == 1 and cache.cache_key("toy", {"a": 1, "b": 2}) == cache.cache_key("toy", {"b": 2, "a": 1})
+    before = cache.cache_key("toy", {"a": 1, "b": 2})
+    monkeypatch.setattr(cache, "VERSION", cache.VERSION + 1)  # a builder's output changed: stale entries unused
+    assert cache.cache_key("toy", {"a": 1, "b": 2}) != before
+    cache.cached(tmp_path, "toy", {"a": 1, "b": 2}, build, log=lambda s: None)
+    assert len(calls) == 2

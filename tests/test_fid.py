@@ -139,3 +139,45 @@ def test_class_stats_measure_the_spread_over_classes_in_nats():
     assert one["kl_to_uniform"] == pytest.approx(math.log(10)) and one["min_class_share"] == 0.0
     even = fid.class_stats(torch.eye(10).repeat(3, 1), "test_")  # three of each class
     assert even["test_kl_to_uniform"] == pytest.approx(0.0) and even["test_class_shares"] == [0.1] * 10
+
+
+def test_recipe_id_follows_every_training_key_of_the_recipe():
+    """Each of RECIPE_KEYS' train and data keys sets the weights: changing any one gives another recipe id."""
+    base = load_config("configs/lenet.yaml")
+    for section, key, value in (("train", "precision", "changed"), ("train", "batch_size", 7),
+                                ("train", "grad_clip", 0.5), ("train", "scheduler", {"name": "none"}),
+                                ("data", "val_size", 123), ("data", "name", "other")):
+        changed = json.loads(json.dumps(base))
+        changed[section][key] = value
+        assert fid.recipe_id(changed) != fid.recipe_id(base), key
+
+
+def test_an_evaluator_named_by_zoo_evaluator_is_flagged_not_refused(off_recipe_lenet, monkeypatch):
+    """$ZOO_EVALUATOR names the evaluator as --evaluator does: off the recipe it is used, flagged."""
+    monkeypatch.setenv("ZOO_EVALUATOR", str(off_recipe_lenet))
+    ctx, info = Ctx(), {}
+    fid.load_evaluator(ctx, info=info)
+    assert info["evaluator"] == str(off_recipe_lenet) and info["evaluator_matches_recipe"] is False
+    assert any("not from the recipe" in m for m in ctx.messages)
+
+
+def test_a_named_evaluator_that_does_not_exist_is_refused_without_training(tmp_path, monkeypatch):
+    """A typo in --evaluator (or $ZOO_EVALUATOR) must not start a training run at the typo's path."""
+    monkeypatch.setattr("zoo.trainer.fit", lambda *a, **k: pytest.fail("trained an evaluator at a typo's path"))
+    monkeypatch.delenv("ZOO_EVALUATOR", raising=False)
+    with pytest.raises(ZooError, match="neither a trained run dir nor a checkpoint"):
+        fid.load_evaluator(Ctx(str(tmp_path / "lenett")))
+    monkeypatch.setenv("ZOO_EVALUATOR", str(tmp_path / "lenett"))
+    with pytest.raises(ZooError, match="neither a trained run dir nor a checkpoint"):
+        fid.load_evaluator(Ctx())
+    assert not (tmp_path / "lenett").exists()
+
+
+def test_an_evaluator_without_metrics_json_counts_as_finished(off_recipe_lenet, tmp_path):
+    """Only a metrics.json that says otherwise marks an evaluator unfinished (a copied run may have none)."""
+    bare = tmp_path / "bare"
+    shutil.copytree(off_recipe_lenet, bare)
+    (bare / "metrics.json").unlink()
+    ctx, info = Ctx(str(bare)), {}
+    fid.load_evaluator(ctx, info=info)
+    assert info["evaluator_finished"] is True and not any("did not finish" in m for m in ctx.messages)

@@ -436,3 +436,114 @@ def test_best_mode_max_keeps_the_highest_value_and_a_changed_mode_restarts_the_b
     metrics = Trainer(load_config(cfg), tmp_path / "max", resume=True, quiet=True, log=said.append).fit()
     assert any("val/loss (min), was val/loss (max)" in s for s in said)
     assert ckpt_io.load(best)["epoch"] == 4 and metrics["best"] == metrics["epochs"][-1]["val/loss"]
+
+
+def test_default_validation_step_gathers_the_terms_of_every_optimizer_in_the_schedule():
+    """ZooModel's default validation_step calls training_step once per scheduled optimizer, in order."""
+    from zoo.models.base import ZooModel
+
+    class TwoSteps(ZooModel):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+            self.calls = []
+
+        def param_groups(self):
+            return {"a": [self.a], "b": [self.b]}
+
+        def training_step(self, batch, optimizer="main"):
+            self.calls.append(optimizer)
+            return {f"{optimizer}_loss": torch.tensor(1.0)}
+
+    m = TwoSteps()
+    assert m.update_schedule() == ["a", "b"]  # the default schedule: the groups, in order
+    assert set(m.validation_step(None)) == {"a_loss", "b_loss"} and m.calls == ["a", "b"]
+    assert m.on_epoch_end(0) == {} and m.visuals(None) == {} and m.device == torch.device("cpu")
+
+    class BufferOnly(ZooModel):  # rule-based models may hold buffers only: their device is the buffers'
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("centres", torch.zeros(2, device="meta"))
+
+    assert BufferOnly().device == torch.device("meta")
+
+
+def test_metrics_json_holds_status_best_epochs_and_history(tmp_path):
+    from zoo.runlog import RunLog
+
+    log = RunLog(tmp_path, {"name": "n", "model": {"name": "m"}})
+    log.train_scalars({"loss": 2.0}, 1, 0, 10.0)
+    log.epochs.append({"epoch": 0, "step": 1, "val/loss": 1.5})
+    log.metrics("finished", 1, 1, 1.5, seconds=3)
+    out = json.loads((tmp_path / "metrics.json").read_text())
+    assert out["status"] == "finished" and out["best"] == 1.5 and out["seconds"] == 3 and out["model"] == "m"
+    assert out["history"] == [{"step": 1, "epoch": 0, "loss": 2.0}] and out["epochs"][0]["val/loss"] == 1.5
+    assert not list(tmp_path.glob("*.tmp"))  # written through a temp file renamed over it
+
+
+def test_forget_hparams_takes_the_whole_earlier_summary_out_of_older_event_files(tmp_path):
+    """Both the session start and its end (tags _hparams_/...) leave the older file; its other events stay."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from zoo.runlog import RunLog
+
+    cfg = {"name": "n", "model": {"name": "m", "k": 1}, "data": {"name": "d"}, "train": {"epochs": 1}}
+    first = RunLog(tmp_path, cfg)
+    first.open(0)
+    first.scalars({"loss": 1.0}, 1)
+    first.hparams(1)
+    first.close()
+    old = next(tmp_path.glob("events.out.tfevents.*"))
+    tags = lambda: [v.tag for e in EventFileLoader(str(old)).Load() for v in e.summary.value]  # noqa: E731
+    assert "_hparams_/session_end_info" in tags()
+    second = RunLog(tmp_path, cfg)
+    second.open(1)
+    second.hparams(2)
+    second.close()
+    assert "loss" in tags() and not [t for t in tags() if t.startswith("_hparams_/")]
+
+
+def test_visuals_and_artifacts_reach_tensorboard_and_files_once_per_step(tmp_path):
+    """A visual goes to TensorBoard at its step and to samples/NAME_epochEEE.txt; an artifact of the same name is
+    skipped in TensorBoard only at that same step (the same picture), logged at a later one."""
+    from zoo.runlog import RunLog
+
+    logged = []
+
+    class Writer:
+        def add_text(self, tag, text, step):
+            logged.append((tag, text, step))
+
+    log = RunLog(tmp_path, {"name": "n", "model": {"name": "m"}})
+    log.writer = Writer()
+    log.visuals({"table": "| a |"}, epoch=2, step=4)
+    assert logged == [("table", "| a |", 4)] and (tmp_path / "samples" / "table_epoch002.txt").read_text() == "| a |\n"
+    log.artifacts({"table": "| a |"}, step=4)  # the last epoch's visual again: file only
+    log.artifacts({"table": "| b |"}, step=6)  # a later step: logged
+    assert logged == [("table", "| a |", 4), ("table", "| b |", 6)]
+    assert (tmp_path / "table.txt").read_text() == "| b |\n"
+
+
+def test_a_runlog_of_another_rank_writes_nothing(tmp_path):
+    """Under torchrun ranks other than 0 keep the bookkeeping but touch no file, hyper-parameters included."""
+    from zoo.runlog import RunLog
+
+    cfg = {"name": "n", "model": {"name": "m"}, "data": {"name": "d"}, "train": {"epochs": 1}}
+    log = RunLog(tmp_path / "run", cfg, enabled=False)
+    log.open(0)
+    log.train_scalars({"loss": 1.0}, 1, 0, 5.0)
+    log.visuals({"t": "x"}, 0, 1)
+    log.hparams(1)
+    out = log.metrics("finished", 1, 1, 1.0)
+    log.close()
+    assert out["history"] == [{"step": 1, "epoch": 0, "loss": 1.0}] and not (tmp_path / "run").exists()
+    # beside rank 0's run dir (events with a hyper-parameter summary): left exactly as rank 0 wrote it
+    first = RunLog(tmp_path / "run", cfg)
+    first.open(0)
+    first.hparams(1)
+    first.close()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    other = RunLog(tmp_path / "run", cfg, enabled=False)
+    other.hparams(2)
+    other.metrics("finished", 1, 2, 1.0)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before

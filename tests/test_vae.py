@@ -341,3 +341,100 @@ def test_prior_option_on_a_model_with_one_prior_is_one_line(mnist_root, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "single prior" in err and not (tmp_path / "x.png").exists()
 
+
+def test_training_step_backpropagates_the_training_objective_and_reports_sigma():
+    """The loss is the objective when it differs from the ELBO (KL warm-up, beta-NLL), the ELBO otherwise; sigma
+    is the geometric-mean std exp(-log|det M| / D) of the shared covariance."""
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal", kl_warmup=4)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.log_diag.fill_(-math.log(0.2))  # every pixel's std 0.2: M = 5 I, so sigma = exp(-64 log 5 / 64) = 0.2
+    m.on_train_batch_end(1)  # a quarter into the warm-up: loss = kl / 4 + nll, the reported nelbo kl + nll
+    torch.manual_seed(0)
+    step = m.training_step((x, None))
+    assert step["loss"].item() == pytest.approx((0.25 * step["kl"] + step["nll"]).item(), rel=1e-6)
+    assert step["nelbo"].item() == pytest.approx((step["kl"] + step["nll"]).item(), rel=1e-6)
+    assert step["loss"].item() < step["nelbo"].item() - 1  # the KL of a random encoder is well above 1 nat
+    assert step["sigma"].item() == pytest.approx(0.2, rel=1e-5)
+    # beta-NLL without a warm-up: the objective (each pixel's NLL times sigma^(2 beta) = 0.04) is what trains
+    b = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal", nll_beta=1.0)
+    with torch.no_grad():
+        b.log_diag.fill_(-math.log(0.2))
+    torch.manual_seed(0)
+    t = b.terms(x)
+    assert "objective" in t and not torch.allclose(t["objective"], t["nelbo"])
+    torch.manual_seed(0)
+    assert b.training_step((x, None))["loss"].item() == pytest.approx(t["objective"].mean().item(), rel=1e-6)
+
+
+def test_reconstruct_decodes_the_code_mean_without_noise():
+    """reconstruct(x) = f(g(x)): no encoder noise, so the same image twice gives the same reconstruction."""
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), covariance="diagonal", encoder="learned").eval()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = m.decode(m.encode(x)[0])[0]
+    assert torch.equal(m.reconstruct(x), want) and torch.equal(m.reconstruct(x), m.reconstruct(x))
+
+
+def test_mixture_prior_refit_finds_unequal_clusters_of_codes(monkeypatch):
+    """Codes in two clusters, 3/4 at +4 and 1/4 at -4, each with covariance C = L L^T, L = 0.5 [[1, 0], [0.8, 0.6]]
+    (std 0.5, correlation 0.8): the 2-component fit must find both centres, the 0.75 / 0.25 weights and L, on the
+    first fit (no last fit to start from) and on a warm-started refit; draws must follow them."""
+    from zoo.errors import ZooError
+
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), latent_dim=2, prior_components=2)
+    with pytest.raises(ZooError, match="one finished epoch"):  # nothing fitted yet: only the standard prior
+        m.sample(2, prior="fitted")
+    gen = torch.Generator().manual_seed(0)
+    chol = 0.5 * torch.tensor([[1.0, 0.0], [0.8, 0.6]], dtype=torch.float64)
+    noise = torch.randn(1000, 2, generator=gen, dtype=torch.float64) @ chol.T  # rows ~ N(0, L L^T)
+    z = torch.cat([4 + noise[:750], -4 + noise[750:]])
+    monkeypatch.setattr(m, "codes", lambda data, split, limit=None: (z, torch.zeros(len(z))))
+    m.setup(None)
+    for _ in range(2):
+        out = m.on_epoch_end(0)
+        assert bool(m.prior_fitted) and math.isfinite(out["prior_loglik"])
+        order = m.prior_means[:, 0].argsort(descending=True)
+        assert torch.allclose(m.prior_means[order], torch.tensor([[4.0, 4.0], [-4.0, -4.0]]), atol=0.15)
+        assert torch.allclose(m.prior_weights[order], torch.tensor([0.75, 0.25]), atol=1e-3)
+        assert torch.allclose(m.prior_tril[order], chol.float().expand(2, 2, 2), atol=0.05)  # each component's L
+    # draws follow the fitted weights (a quarter near the smaller cluster) and covariance L L^T (not L^T L)
+    draws = m.draw_codes(8000, torch.Generator().manual_seed(1), 1.0, "fitted").double()
+    assert (draws[:, 0] < 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert torch.allclose(torch.cov(draws[draws[:, 0] > 0].T), chol @ chol.T, atol=0.03)
+
+
+def test_importance_weights_and_the_iw_bound_match_torch_distributions():
+    """log w = log p(x|z) + log N(z; 0, I) - log N(z; g, diag(exp lv)) for the same draws z = g + std eps (B = 3
+    images, d = 2: the constants count code dimensions, not images), and evaluate's IW bound is the mean over
+    images of -(logsumexp_k log w - log k)."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    m = create_model("gaussian_ae", input_shape=(1, 8, 8), latent_dim=2, covariance="predicted",
+                     encoder="learned").eval()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    k = 5
+    lw = m.log_importance_weights(x, k, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        g, lv = m.encode(x)
+        eps = torch.randn(k, 3, 2, generator=torch.Generator().manual_seed(7))  # the same draws, [k, B, d]
+        z = g + torch.exp(0.5 * lv) * eps
+        mean, log_var = m.decode(z.flatten(0, 1))
+        px = torch.distributions.Normal(mean.flatten(1), torch.exp(0.5 * log_var.flatten(1)))
+        log_px = px.log_prob(x.repeat(k, 1, 1, 1).flatten(1)).sum(1).view(k, 3)
+        log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_qz = torch.distributions.Normal(g, torch.exp(0.5 * lv)).log_prob(z).sum(-1)
+    assert lw.shape == (3, k)
+    assert torch.allclose(lw, (log_px + log_pz - log_qz).T, rtol=1e-5, atol=1e-3)
+
+    class Data:  # the same three images as the test split, one batch
+        dequantize = False
+
+        def batches(self, split, size, generator=None):
+            yield x, torch.zeros(3)
+
+    out = m.evaluate(Data(), SimpleNamespace(seed=6, options={"iw_samples": k}, baselines=False))
+    # evaluate draws its IW noise from a generator seeded seed + 1 = 7: the weights above
+    want = -(torch.logsumexp(lw.double(), 1) - math.log(k)).mean().item()
+    assert out["test_iw_nll_nats"] == pytest.approx(want, rel=1e-6) and out["iw_samples"] == k
