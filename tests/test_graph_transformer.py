@@ -16,7 +16,7 @@ import yaml
 from conftest import skip_or_fail
 from zoo.cli import main
 from zoo.data import build_data, create_data
-from zoo.graphs import adjacency_to_neighbours, collate_graphs
+from zoo.data.graphs import adjacency_to_neighbours, collate_graphs
 from zoo.registry import create_model
 
 ROOT = Path(__file__).parents[1]
@@ -61,6 +61,13 @@ def one_graph(adj: torch.Tensor):
     return collate_graphs(torch.randn(1, n, 3, generator=torch.Generator().manual_seed(0)), torch.rand(1, n, 2),
                           adjacency_to_neighbours(adj[None]), torch.tensor([n]), torch.tensor([0]),
                           torch.zeros(1, n, dtype=torch.bool))
+
+
+def test_the_graph_layout_imports_first_without_an_import_cycle():
+    """A user's own graph dataset may import the shared layout before anything else of zoo's. It used to live in
+    zoo/graphs.py, whose import of zoo.data ran graph_disturbance, which imported the half-built zoo.graphs."""
+    done = subprocess.run([sys.executable, "-c", "import zoo.data.graphs"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 # ---- batches -----------------------------------------------------------------------------------------------------

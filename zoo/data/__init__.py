@@ -1,6 +1,7 @@
 """Datasets, one module each, every one imported here so the registry always sees all of them.
 
-``base`` holds the contract and the registry (see zoo/data/base.py); ``cache`` the disk cache for derived sets.
+``base`` holds the contract and the registry (see zoo/data/base.py); ``cache`` the disk cache for derived sets;
+``graphs`` the batch layout the graph datasets share.
 """
 from .base import (Batch, DataModule, build_data, create_data, data_class, data_names, data_parameters,  # noqa: F401
                    num_items, register_data)

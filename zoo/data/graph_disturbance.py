@@ -19,7 +19,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..graphs import GraphData, adjacency_to_neighbours, chunks, hop_balls, hop_reach, pad_cat, radius_for_degree
+from .graphs import GraphData, adjacency_to_neighbours, chunks, hop_balls, hop_reach, pad_cat, radius_for_degree
 from .base import check_range, register_data
 
 SPLITS = ("train", "val", "test")

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from ..graphs import GraphData
+from .graphs import GraphData
 from .base import check_range, register_data
 from .cache import cached
 from .mnist import MNIST
@@ -90,7 +90,7 @@ def build_graphs(images: torch.Tensor, n_segments: int, compactness: float, k: i
 
 @register_data("mnist_superpixels")
 class MNISTSuperpixels(GraphData):
-    """MNIST superpixel graphs, 10 classes. Splits follow zoo/graphs.py: (x, pos, nbr, num_nodes, y, highlight)
+    """MNIST superpixel graphs, 10 classes. Splits follow zoo/data/graphs.py: (x, pos, nbr, num_nodes, y, highlight)
     with pos the centroid columns of x and nothing highlighted."""
 
     def __init__(self, root: str | None = None, limit: int | None = None, val_size: int = 5000, seed: int = 0,

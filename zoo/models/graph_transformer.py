@@ -51,7 +51,7 @@ def dense_adjacency(edges: torch.Tensor, mask: torch.Tensor, self_loops: bool) -
 
 
 def edge_list(edges: torch.Tensor, mask: torch.Tensor, self_loops: bool) -> torch.Tensor:
-    """[2, E'] edges, with a self-loop on every node when ``self_loops`` (graphs come without; zoo/graphs.py).
+    """[2, E'] edges, with a self-loop on every node when ``self_loops`` (graphs come without; zoo/data/graphs.py).
     Padding nodes get one too, which only they read: choosing the real ones would cost a host sync a step."""
     if not self_loops:
         return edges
@@ -103,7 +103,7 @@ class GraphAttentionLayer(nn.Module):
 @register_model("graph_transformer", family="graph", config="configs/graph_disturbance.yaml",
                 description="graph self-attention transformer: softmax over neighbours, dense or edge-list")
 class GraphTransformer(ZooModel):
-    """Graph batches as zoo/graphs.py describes them: (x, pos, edges, mask, y, highlight)."""
+    """Graph batches as zoo/data/graphs.py describes them: (x, pos, edges, mask, y, highlight)."""
 
     def __init__(self, node_features: int, num_classes: int, coord_dim: int = 2, fixed_nodes: int | None = None,
                  dim: int = 64, heads: int = 4, layers: int = 3, ffn_mult: int = 2, dropout: float = 0.0,

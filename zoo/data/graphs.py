@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data.base import Batch, DataModule
+from .base import Batch, DataModule
 
 #: cells of the boolean work tensors one chunk of graphs may use while graphs are generated or analysed
 _CHUNK_CELLS = 1 << 24
