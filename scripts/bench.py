@@ -5,9 +5,11 @@ same config, interleaved in one process so machine noise hits all three alike:
 
   zoo         the real Trainer loop (logging, NaN checks, stop requests, data order, augmentation)
   minimal     a hand-written loop over the same in-memory tensors: index, collate, step, the learning-rate
-              schedule each epoch and the loss read every log_every steps (pytorch/examples' log_interval)
+              schedule each epoch and the loss read every log_every steps (pytorch/examples' log_interval);
+              the optimizer's multi-tensor (foreach) update, as zoo's: the eager limit
   dataloader  the pytorch/examples way: torchvision.datasets.MNIST + ToTensor + DataLoader for MNIST configs,
-              a Dataset + DataLoader over the same tensors otherwise (num_workers 0 on CPU, 1 + pinned on CUDA)
+              a Dataset + DataLoader over the same tensors otherwise (num_workers 0 on CPU, 1 + pinned on CUDA);
+              the optimizer as torch builds it by default (a loop over the parameters on a CPU, foreach on CUDA)
 
 All three draw the trainer's permutation of each epoch (for torchvision's MNIST, over its first N images, N
 the size of the training split), so every window trains on the same batches: a translit step costs 180-260 ms
@@ -76,6 +78,7 @@ class MinimalLoop:
     """What a user writes by hand: a permutation per epoch, index the resident tensors, one step per optimizer."""
 
     name = "minimal"
+    foreach: bool | None = True  # the eager limit: the multi-tensor update zoo's trainer runs (same numbers)
 
     def __init__(self, cfg: dict, device: torch.device):
         t = cfg["train"]
@@ -87,7 +90,7 @@ class MinimalLoop:
         self.model.setup(self.data)
         self.model.on_fit_start(self.data)
         self.model.train()
-        self.optimizers, self.schedulers = build_optimizers(self.model, t)
+        self.optimizers, self.schedulers = build_optimizers(self.model, t, foreach=self.foreach)
         self.log_every, self.shown = t["log_every"], 0.0
         self.schedule = self.model.update_schedule()
         self.clip = t["grad_clip"]
@@ -128,7 +131,8 @@ class MinimalLoop:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip:
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip,
+                                               foreach=self.foreach)
             opt.step()
         self.step += 1
         model.on_train_batch_end(self.step)
@@ -164,6 +168,7 @@ class DataLoaderLoop(MinimalLoop):
     """The pytorch/examples way: a Dataset read item by item, batched by a DataLoader, moved to the device."""
 
     name = "dataloader"
+    foreach = None  # torch's default update, as pytorch/examples build it: a Python loop on a CPU
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__(cfg, device)

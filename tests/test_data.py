@@ -142,3 +142,22 @@ def test_cache_key_ignores_the_order_of_the_parameters_and_changes_with_the_vers
     assert cache.cache_key("toy", {"a": 1, "b": 2}) != before
     cache.cached(tmp_path, "toy", {"a": 1, "b": 2}, build, log=lambda s: None)
     assert len(calls) == 2
+
+
+def test_an_epochs_order_and_its_batches_are_made_once_however_often_the_loop_stops(monkeypatch):
+    """A loop that stops and goes on in the same epoch (max_steps, the bench's windows) gets the same permutation
+    object and the same batches, and the permutation is drawn and split once; the next epoch gets its own."""
+    data = create_data(name="synthetic_regression", n=100, dim=3)
+    data.prepare_data()
+    data.setup()
+    splits, real_split = [], torch.Tensor.split
+    monkeypatch.setattr(torch.Tensor, "split", lambda self, *a, **k: splits.append(1) or real_split(self, *a, **k))
+    order = data.epoch_order(0, 1)
+    full = [b[0] for b in data.batches("train", 7, order=order)]
+    again = data.epoch_order(0, 1)
+    rest = [b[0] for b in data.batches("train", 7, order=again, skip=3)]
+    assert again is order and len(splits) == 1
+    assert len(rest) == len(full) - 3 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
+    assert not torch.equal(data.epoch_order(0, 2), order) and not torch.equal(data.epoch_order(1, 1), order)
+    assert torch.equal(data.epoch_order(0, 1), order)  # drawn again after another epoch's: the same permutation
+    assert list(data.batches("train", 7, order=order, skip=len(full))) == []  # after the last batch: none

@@ -196,6 +196,41 @@ def test_fused_optimizer_steps_are_the_same_training(mnist_root, tmp_path):
     assert ck["config"]["train"]["optimizer"]["fused"] is True
 
 
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
+                                       {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}])
+def test_foreach_updates_train_the_weights_of_torchs_default_loop_bit_for_bit(mnist_root, tmp_path, monkeypatch,
+                                                                              optimizer):
+    """zoo's optimizers and gradient clipping run foreach kernels on the CPU too, where torch's default is a Python
+    loop over the parameters (1-20 ms a step): the same weights, bit for bit, after 3 clipped steps."""
+    cfg = lenet_config(mnist_root, max_steps=3, grad_clip=0.5, optimizer=optimizer)
+    fast = fit(cfg, tmp_path / "a")
+    assert all(g["foreach"] is True for g in fast.optimizers["main"].param_groups)
+    import zoo.optim
+    import zoo.trainer
+
+    real_build, real_clip = zoo.optim.build_optimizers, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(zoo.trainer, "build_optimizers", lambda model, t: real_build(model, t, foreach=None))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm, foreach=None: real_clip(params, norm))
+    loop = fit(cfg, tmp_path / "b")
+    assert all(g["foreach"] is None for g in loop.optimizers["main"].param_groups)
+    for (k, a), b in zip(fast.model.state_dict().items(), loop.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_a_resumed_optimizer_keeps_its_foreach_update_whatever_the_checkpoint_saved():
+    from zoo.optim import load_optimizer_state
+
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.zeros(2))]
+    old = torch.optim.Adam(params, lr=0.1)  # a checkpoint saved before zoo chose foreach: foreach None
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    old.step()
+    new = torch.optim.Adam(params, lr=0.3, foreach=True)
+    load_optimizer_state(new, old.state_dict())
+    assert new.param_groups[0]["foreach"] is True and new.param_groups[0]["lr"] == 0.1  # the saved rate
+    assert torch.equal(new.state[params[0]]["exp_avg"], old.state[params[0]]["exp_avg"])
+
+
 def test_a_compiled_run_saves_plain_keys_that_load_into_an_uncompiled_model(tmp_path):
     cfg = load_config({"name": "c", "model": {"name": "linear_regression"},
                        "data": {"name": "synthetic_regression", "n": 256, "dim": 3},

@@ -10,9 +10,10 @@ import torch
 from .errors import ConfigError, suggest
 
 
-def build_optimizers(model, t: dict) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
+def build_optimizers(model, t: dict, foreach: bool | None = True
+                     ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
     """One optimizer (and schedule) per parameter group the model declares; none for rule-based models.
-    ``train.optimizers.NAME`` overrides ``train.optimizer`` for group NAME."""
+    ``train.optimizers.NAME`` overrides ``train.optimizer`` for group NAME. ``foreach``: see build_optimizer."""
     optimizers: dict[str, torch.optim.Optimizer] = {}
     schedulers: dict[str, Any] = {}
     if model.manual_update:
@@ -23,7 +24,7 @@ def build_optimizers(model, t: dict) -> tuple[dict[str, torch.optim.Optimizer], 
             raise ConfigError(f"unknown key 'train.optimizers.{g}'{suggest(g, groups)}; this model's "
                               f"optimizers are: {', '.join(groups)}")
     for name, params in groups.items():
-        optimizers[name] = build_optimizer(params, t["optimizers"].get(name, t["optimizer"]))
+        optimizers[name] = build_optimizer(params, t["optimizers"].get(name, t["optimizer"]), foreach)
         sched = build_scheduler(optimizers[name], t["scheduler"], t["epochs"])
         if sched is not None:
             schedulers[name] = sched
@@ -50,18 +51,33 @@ def apply_update(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler, dist, g
     dist.average_grads(params)
     if grad_clip:
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)  # as build_optimizer: same numbers
     scaler.step(opt)
     scaler.update()
 
 
-def build_optimizer(params, o: dict) -> torch.optim.Optimizer:
+def build_optimizer(params, o: dict, foreach: bool | None = True) -> torch.optim.Optimizer:
+    """The ``train.optimizer`` section's optimizer. Unless ``fused``, the update runs as one multi-tensor
+    (``foreach``) kernel per operation on every device: torch's own default does so on CUDA but loops over the
+    parameters in Python on a CPU, 1-3 ms a step for the shipped models (20 ms for translit's 168 tensors), and
+    both give the same weights bit for bit (tests/test_speed.py -k foreach). ``foreach=None``: torch's default,
+    what a hand-written loop gets (scripts/bench.py's DataLoader loop)."""
     params = [p for p in params if p.requires_grad]
-    fused = {"fused": True} if o["fused"] else {}  # else torch's default: a loop on CPU, foreach on CUDA
+    impl = {"fused": True} if o["fused"] else ({"foreach": foreach} if foreach is not None else {})
     if o["name"] == "sgd":
-        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], **fused)
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], **impl)
     cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
-    return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"], **fused)
+    return cls(params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"], **impl)
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, keeping the update's implementation (foreach, fused) that ``opt`` was built
+    with: torch restores a checkpoint's, and one saved before zoo chose foreach would slow a resumed CPU run back
+    to the Python loop (with the same numbers)."""
+    impl = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, keep in zip(opt.param_groups, impl):
+        group.update(keep)
 
 
 def fit_horizon(scheduler, epochs: int) -> None:

@@ -17,7 +17,7 @@ from . import checkpoint as ckpt_io
 from .data.base import build_data, num_items
 from .distributed import Dist
 from .errors import ConfigError, ZooError
-from .optim import apply_update, build_optimizers, restore_schedulers, step_schedulers
+from .optim import apply_update, build_optimizers, load_optimizer_state, restore_schedulers, step_schedulers
 from .registry import build_model
 from .runlog import Progress, RunLog, new_run_dir
 from .runtime import StepWindow, StopRequests, autocast, compile_refusal, pick_device, prepare_model, seed_everything
@@ -119,7 +119,7 @@ class Trainer:
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
         for k, o in self.optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
+            load_optimizer_state(o, ck["optimizers"][k])
         restore_schedulers(self.schedulers, ck["schedulers"], self.cfg["train"]["epochs"])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.step, self.batch_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]

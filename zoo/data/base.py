@@ -210,10 +210,13 @@ class DataModule:
         if order is None:
             n = parts[0].shape[0]
             rows = (slice(i, i + batch_size) for i in range(skip * batch_size, n, batch_size))
-        else:  # one split into views, not a Python slice per batch
-            order = order[skip * batch_size:] if skip else order
-            # full batch: no split; nothing left (a resume after the epoch's last batch): no batch, not an empty one
-            rows = () if not len(order) else (order,) if len(order) <= batch_size else order.split(batch_size)
+        else:  # one split into views, not a Python slice per batch; kept for the epoch, so a loop that stops
+            # and goes on in the same epoch (zoo train's max_steps, scripts/bench.py's windows) pays for it once
+            memo = getattr(self, "_views", None)
+            if memo is None or memo[0] is not order or memo[1] != batch_size:
+                views = () if not len(order) else (order,) if len(order) <= batch_size else order.split(batch_size)
+                memo = self._views = (order, batch_size, views)  # full batch (one step an epoch): no split
+            rows = memo[2][skip:]  # nothing left (a resume after the epoch's last batch): no batch, not an empty one
         for idx in rows:
             batch = self.collate(split, tuple(t[idx] for t in parts), generator)
             yield self._add_input_noise(self.augment(batch, generator), generator) if augment else batch
@@ -229,11 +232,17 @@ class DataModule:
         """The training split's order in ``epoch``: a permutation that depends on (seed, epoch) alone, or the
         stored order with ``shuffle: false``."""
         n = self.size("train")
+        key = (seed, epoch, n, self.shuffle)
+        if (memo := getattr(self, "_order", None)) is not None and memo[0] == key:
+            return memo[1]  # the same tensor, so batches() reuses its split of it too
         if not self.shuffle:
-            return torch.arange(n)
-        if (gen := getattr(self, "_order_generator", None)) is None:  # one generator, re-seeded every epoch
-            gen = self._order_generator = torch.Generator()
-        return torch.randperm(n, generator=gen.manual_seed(seed * 1_000_003 + epoch))
+            order = torch.arange(n)
+        else:
+            if (gen := getattr(self, "_order_generator", None)) is None:  # one generator, re-seeded every epoch
+                gen = self._order_generator = torch.Generator()
+            order = torch.randperm(n, generator=gen.manual_seed(seed * 1_000_003 + epoch))
+        self._order = (key, order)
+        return order
 
     def num_batches(self, split: str, batch_size: int, order: torch.Tensor | None = None) -> int:
         n = self.size(split) if order is None else order.shape[0]
