@@ -305,6 +305,8 @@ def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
     done = subprocess.run([*cmd, "--against", "train.optimizer.fused=true"], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert done.returncode == 0 and "zoo train.optimizer.fused=true/zoo per round [" in done.stdout, done.stderr
+    done = subprocess.run([*cmd, "--minimal-torch-update"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0 and "(minimal: torch's default update): zoo/minimal per round [" in done.stdout
     for bad in (["configs/nope.yaml"], [str(ROOT / "configs" / "gan1d.yaml"), "--steps", "0"],
                 [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fuzed=true"],
                 [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fused=true", "--no-window"]):
@@ -396,6 +398,9 @@ def test_the_three_bench_loops_train_on_the_same_batches_with_the_same_epoch_len
     assert len(seen["zoo"]) == 9 and not torch.equal(seen["zoo"][0], seen["zoo"][5])  # not the same batch twice
     for other in ("minimal", "dataloader"):
         assert all(torch.equal(a, b) for a, b in zip(seen["zoo"], seen[other], strict=True)), other
+    # the same update as zoo's for the eager limit; torch's default, as pytorch/examples build it, for the DataLoader
+    updates = [lp.tr.optimizers["main"] if lp.name == "zoo" else lp.optimizers["main"] for lp in loops]
+    assert [u.param_groups[0]["foreach"] for u in updates] == [True, True, None]
 
     mnist = bench.DataLoaderLoop(lenet_config(mnist_root), cpu)  # torchvision's 60k images, a 256-image split
     assert mnist.data.size("train") == 256 and len(mnist.loader) == 256 // 32
