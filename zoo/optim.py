@@ -59,8 +59,8 @@ def apply_update(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler, dist, g
 def build_optimizer(params, o: dict, foreach: bool | None = True) -> torch.optim.Optimizer:
     """The ``train.optimizer`` section's optimizer. Unless ``fused``, the update runs as one multi-tensor
     (``foreach``) kernel per operation on every device: torch's own default does so on CUDA but loops over the
-    parameters in Python on a CPU, 1-3 ms a step for the shipped models (20 ms for translit's 168 tensors), and
-    both give the same weights bit for bit (tests/test_speed.py -k foreach). ``foreach=None``: torch's default,
+    parameters in Python on a CPU, milliseconds a step for models of many tensors (README, Speed), and both give
+    the same weights bit for bit (tests/test_speed.py -k foreach). ``foreach=None``: torch's default,
     what a hand-written loop gets (scripts/bench.py's DataLoader loop)."""
     params = [p for p in params if p.requires_grad]
     impl = {"fused": True} if o["fused"] else ({"foreach": foreach} if foreach is not None else {})
