@@ -100,7 +100,7 @@ class MinimalLoop:
     def batches(self):
         parts, n, epoch = self.data.tensors("train"), self.data.size("train"), 0
         while True:
-            perm = self.data.epoch_order(self.seed, epoch).to(self.device)  # a seeded randperm, the trainer's
+            perm = self.data.epoch_order(self.seed, epoch, self.bs).to(self.device)  # the trainer's order
             for start in range(0, n, self.bs):
                 idx = perm[start:start + self.bs]
                 yield tuple(p[idx] for p in parts)
@@ -150,16 +150,17 @@ class MinimalLoop:
 
 
 class EpochOrder(torch.utils.data.Sampler):
-    """``shuffle=True``'s RandomSampler (a randperm per epoch, as a list) drawing the trainer's permutations."""
+    """``shuffle=True``'s RandomSampler (a randperm per epoch, as a list) drawing the trainer's permutations
+    (bucketed as the trainer's are, with ``data.bucket``)."""
 
-    def __init__(self, data, seed: int):
-        self.data, self.seed, self.epoch = data, seed, 0
+    def __init__(self, data, seed: int, batch_size: int):
+        self.data, self.seed, self.bs, self.epoch = data, seed, batch_size, 0
 
     def __len__(self) -> int:
         return self.data.size("train")
 
     def __iter__(self):
-        order = self.data.epoch_order(self.seed, self.epoch).tolist()
+        order = self.data.epoch_order(self.seed, self.epoch, self.bs).tolist()
         self.epoch += 1
         yield from order
 
@@ -184,7 +185,7 @@ class DataLoaderLoop(MinimalLoop):
         else:
             dataset = TensorDataset(*(p.cpu() for p in self.data.tensors("train")))
         cuda = device.type == "cuda"
-        self.loader = DataLoader(dataset, batch_size=self.bs, sampler=EpochOrder(self.data, self.seed),
+        self.loader = DataLoader(dataset, batch_size=self.bs, sampler=EpochOrder(self.data, self.seed, self.bs),
                                  num_workers=1 if cuda else 0, pin_memory=cuda, persistent_workers=cuda)
 
     def batches(self):

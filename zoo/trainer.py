@@ -262,7 +262,9 @@ class Trainer:
         while self.epoch < t["epochs"]:
             if self.dist.any(stop.requested is not None):
                 return "interrupted"
-            order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch).to(self.device))
+            # the global batch: with data.bucket, each step's items across the ranks are one bucket
+            order = self.dist.shard(self.data.epoch_order(t["seed"], self.epoch, bs * self.dist.world)
+                                    .to(self.device))
             n_batches = self.data.num_batches("train", bs, order)
             bar = Progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{t['epochs']}", not self.quiet)
             seen, t0 = 0, time.perf_counter()

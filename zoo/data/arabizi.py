@@ -235,6 +235,11 @@ class Arabizi(DataModule):
         self.tensors(split)  # one-line error for an unknown split
         return list(self._texts[split])
 
+    def item_sizes(self, split: str) -> torch.Tensor:
+        """(source, target) lengths: buckets of similar sources, then targets, pad both sides little."""
+        _, src_len, _, tgt_len = self.tensors(split)
+        return torch.stack([src_len, tgt_len], dim=1)
+
     def collate(self, split, parts, generator):
         """Trim to the batch's longest source and target; ``num_items`` = target tokens (incl. <eos>)."""
         src, src_len, tgt, tgt_len = parts

@@ -31,8 +31,10 @@ _loaded = False
 
 #: Options every data module takes besides its own: ``input_noise`` adds N(0, sigma^2) to the first tensor of
 #: every training batch (instance noise; a ridge penalty for linear models), ``shuffle: false`` keeps the
-#: training split's stored order in every epoch (hand-worked examples).
-COMMON_OPTIONS: dict[str, Any] = {"input_noise": 0.0, "shuffle": True}
+#: training split's stored order in every epoch (hand-worked examples), ``bucket: N`` batches items of similar
+#: size together (pools of N batches sorted by ``item_sizes``: less padding for ragged data; 0 = off).
+COMMON_OPTIONS: dict[str, Any] = {"input_noise": 0.0, "shuffle": True, "bucket": 0}
+MAX_BUCKET = 100_000  # batches per pool: beyond any epoch, so it means "sort the whole epoch"
 
 
 def register_data(name: str):
@@ -98,11 +100,22 @@ def build_data(name: str, **kwargs) -> "DataModule":
     common = {k: kwargs.pop(k, v) for k, v in COMMON_OPTIONS.items()}
     if not (isinstance(common["input_noise"], (int, float)) and common["input_noise"] >= 0):
         raise ConfigError(f"data.input_noise={common['input_noise']!r} must be a standard deviation >= 0")
+    bucket = common["bucket"]
+    if isinstance(bucket, bool) or not isinstance(bucket, int) or not 0 <= bucket <= MAX_BUCKET:
+        raise ConfigError(f"data.bucket={bucket!r} must be a whole number of batches in [0, {MAX_BUCKET}] "
+                          f"(0: no bucketing)")
+    if bucket and data_class(name).item_sizes is DataModule.item_sizes:
+        raise ConfigError(f"data.bucket={bucket}: data '{name}' has items of one size, nothing to bucket by; "
+                          f"remove data.bucket")
+    if bucket and not common["shuffle"]:
+        raise ConfigError("data.bucket needs data.shuffle: true (it sorts pools of a shuffled order); "
+                          "remove one of them")
     from ..registry import build_or_explain
 
     defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
     module = build_or_explain(_DATA[name], kwargs, kwargs, defaults, "data", f"data '{name}'")
-    module.input_noise, module.shuffle = float(common["input_noise"]), bool(common["shuffle"])
+    module.input_noise, module.shuffle, module.bucket = (float(common["input_noise"]), bool(common["shuffle"]),
+                                                         bucket)
     undeclared = set(module.info) - set(module.info_keys)
     if undeclared:  # a contract bug, not a user error: the info keys are what configs and checkpoints rely on
         raise TypeError(f"data module '{name}' hands undeclared info keys {sorted(undeclared)} to the model")
@@ -146,6 +159,7 @@ class DataModule:
     registry_name: str = ""
     input_noise: float = 0.0
     shuffle: bool = True
+    bucket: int = 0
     info: dict[str, Any]
     splits: dict[str, tuple[torch.Tensor, ...]]
 
@@ -180,6 +194,11 @@ class DataModule:
         """The whole training set before any validation split or limit, in its published order (some
         metrics are defined on it). Datasets without such a set return the train split."""
         return self.tensors("train")
+
+    def item_sizes(self, split: str) -> torch.Tensor:
+        """What a ragged item costs, for ``bucket``: [N] or [N, K] sizes (the rows' lengths, say), the first
+        column sorted on first. Data whose items are all one size do not define it."""
+        raise TypeError(f"{type(self).__name__} declares no item sizes")
 
     def baselines(self, split: str) -> dict[str, float]:
         """Scores of reference methods the data itself defines on ``split`` (a Bayes-optimal rule, say), for a
@@ -228,11 +247,13 @@ class DataModule:
         noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype) * self.input_noise
         return Batch((x + noise, *batch[1:]), batch.num_items)
 
-    def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
+    def epoch_order(self, seed: int, epoch: int, batch_size: int | None = None) -> torch.Tensor:
         """The training split's order in ``epoch``: a permutation that depends on (seed, epoch) alone, or the
-        stored order with ``shuffle: false``."""
+        stored order with ``shuffle: false``. With ``bucket`` and the (global) ``batch_size``, the batches of
+        that permutation are regrouped by size (see ``_bucketed``)."""
         n = self.size("train")
-        key = (seed, epoch, n, self.shuffle)
+        bucket = self.bucket if batch_size and self.shuffle else 0
+        key = (seed, epoch, n, self.shuffle, bucket and batch_size)
         if (memo := getattr(self, "_order", None)) is not None and memo[0] == key:
             return memo[1]  # the same tensor, so batches() reuses its split of it too
         if not self.shuffle:
@@ -241,8 +262,29 @@ class DataModule:
             if (gen := getattr(self, "_order_generator", None)) is None:  # one generator, re-seeded every epoch
                 gen = self._order_generator = torch.Generator()
             order = torch.randperm(n, generator=gen.manual_seed(seed * 1_000_003 + epoch))
+            if bucket:
+                order = self._bucketed(order, batch_size, gen)
         self._order = (key, order)
         return order
+
+    def _bucketed(self, order: torch.Tensor, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """torchtext's BucketIterator pools: each run of ``bucket`` batches of the permutation is sorted by
+        ``item_sizes`` (stably, so equal sizes keep their random order), cut into batches, and the full batches
+        of the epoch are shuffled; a short last batch stays last, so every batch keeps its place in the
+        permutation's split. Items are padded to their batch's longest, so similar sizes mean less padding."""
+        if (sizes := getattr(self, "_sizes", None)) is None:
+            sizes = self.item_sizes("train")
+            sizes = self._sizes = (sizes if sizes.dim() == 2 else sizes[:, None]).cpu()
+        pools = []
+        for pool in order.split(self.bucket * batch_size):
+            rank = torch.arange(len(pool))
+            for col in reversed(range(sizes.shape[1])):  # lexicographic: the last key first, each sort stable
+                rank = rank[torch.sort(sizes[pool[rank], col], stable=True).indices]
+            pools.append(pool[rank])
+        order = torch.cat(pools)
+        full = len(order) // batch_size * batch_size
+        rows = order[:full].view(-1, batch_size)
+        return torch.cat([rows[torch.randperm(len(rows), generator=gen)].flatten(), order[full:]])
 
     def num_batches(self, split: str, batch_size: int, order: torch.Tensor | None = None) -> int:
         n = self.size(split) if order is None else order.shape[0]
