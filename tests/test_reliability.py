@@ -92,11 +92,12 @@ def test_every_rng_of_a_resumed_process_matches_the_uninterrupted_one(mnist_root
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     zoo = [sys.executable, "-m", "zoo", "train", str(tmp_path / "c.yaml"), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # the uninterrupted run and the cut one side by side (one thread each, 2 cores), then the resume
+    # the uninterrupted run and the cut one (stopped after epoch 0's 10 steps and its prior fit) side by side,
+    # one thread each on 2 cores; then the resume
     both = [subprocess.Popen([*zoo, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for extra in (["--run-dir", str(tmp_path / "full")],
-                          ["--run-dir", str(tmp_path / "cut"), "train.max_steps=10"])]  # stopped after epoch 0
-    for proc in both:  # (10 steps) and its prior fit
+                          ["--run-dir", str(tmp_path / "cut"), "train.max_steps=10"])]
+    for proc in both:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
     subprocess.run([*zoo, "--resume", str(tmp_path / "cut")], env=env, check=True, capture_output=True, timeout=300)
