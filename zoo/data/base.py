@@ -272,9 +272,8 @@ class DataModule:
         ``item_sizes`` (stably, so equal sizes keep their random order), cut into batches, and the full batches
         of the epoch are shuffled; a short last batch stays last, so every batch keeps its place in the
         permutation's split. Items are padded to their batch's longest, so similar sizes mean less padding."""
-        if (sizes := getattr(self, "_sizes", None)) is None:
-            sizes = self.item_sizes("train")
-            sizes = self._sizes = (sizes if sizes.dim() == 2 else sizes[:, None]).cpu()
+        sizes = self.item_sizes("train").cpu()  # once an epoch, not cached: always the split as it is now
+        sizes = sizes if sizes.dim() == 2 else sizes[:, None]
         pools = []
         for pool in order.split(self.bucket * batch_size):
             rank = torch.arange(len(pool))
