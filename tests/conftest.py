@@ -9,7 +9,13 @@ import torch
 from zoo.data import default_root, ensure_mnist
 from zoo.errors import ZooError
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`-n 2`) the workers share the cores: each takes its share of threads, and so do the
+# processes its tests start (through OMP_NUM_THREADS). Tiny models on oversubscribed cores spin, 10x slower.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
