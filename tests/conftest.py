@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import torch
@@ -16,6 +17,28 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 torch.set_num_threads(THREADS)
+
+
+def communicate_all(procs, timeout: float) -> list[tuple]:
+    """Each started process's (stdout, stderr), waiting up to ``timeout`` s for each in turn. However the test
+    ends, none is left running: an orphan would hold a core the other test worker needs."""
+    try:
+        return [proc.communicate(timeout=timeout) for proc in procs]
+    finally:
+        stop(procs)
+
+
+def stop(procs) -> None:
+    """Terminate the processes still running (torchrun passes SIGTERM on to its workers), then kill."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(scope="session")

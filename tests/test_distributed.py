@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import communicate_all, stop
 from zoo import checkpoint as ckpt_io
 from zoo.config import load_config
 from zoo.trainer import fit
@@ -94,7 +95,7 @@ def test_two_nodes_with_a_c10d_rendezvous_take_the_step_of_one_process(mnist_roo
          "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=zoo-multinode-test",
          "-m", "zoo", "train", cfg, *plain, "train.batch_size=8", "--run-dir", "nodes", "--quiet"],
         cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    outputs = communicate_all(nodes, timeout=300)
     assert all(node.returncode == 0 for node in nodes), [err[-1500:] for _, err in outputs]
     one = fit(load_config(cfg, [*plain, "train.batch_size=16"]), tmp_path / "one")
     two = model_state(tmp_path / "nodes")
@@ -123,12 +124,15 @@ def test_sigterm_to_one_rank_stops_all_after_the_same_batch(mnist_root, tmp_path
             f"data.root={os.path.abspath(mnist_root)}"]
     proc = subprocess.Popen(_cmd(cfg, [*args, "--run-dir", "part"]), cwd=tmp_path, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list((tmp_path / "part").glob("events.out.tfevents.*")):  # rank 0 is in its training loop
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
-        time.sleep(0.1)
-    os.kill(_worker_of_rank(proc.pid, 1), signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "part").glob("events.out.tfevents.*")):  # rank 0 is in its training loop
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        os.kill(_worker_of_rank(proc.pid, 1), signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop([proc])
     assert "interrupted: part" in out, err[-2000:]
     ck = ckpt_io.load(tmp_path / "part" / "checkpoints" / "last.pt")
     assert 0 < ck["step"] < 500 and len(ck["rank_rng"]) == 2  # 16000 images / 2 ranks / 16 = 500 steps

@@ -85,7 +85,7 @@ def test_a_resume_between_log_points_logs_the_same_means_as_an_uninterrupted_run
 def test_every_rng_of_a_resumed_process_matches_the_uninterrupted_one(mnist_root, tmp_path):
     """Across processes, Python's `random` included: a library imported for the first time after the restore (the
     VAE's scikit-learn prior fit, whose import draws from `random`) moved it in the resumed process alone."""
-    from conftest import small_vae_config
+    from conftest import communicate_all, small_vae_config
 
     cfg = small_vae_config(mnist_root)
     cfg["model"].update(latent_dim=4, prior_components=2, sample_prior="fitted")
@@ -97,8 +97,7 @@ def test_every_rng_of_a_resumed_process_matches_the_uninterrupted_one(mnist_root
     both = [subprocess.Popen([*zoo, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             for extra in (["--run-dir", str(tmp_path / "full")],
                           ["--run-dir", str(tmp_path / "cut"), "train.max_steps=10"])]
-    for proc in both:
-        _, err = proc.communicate(timeout=300)
+    for proc, (_, err) in zip(both, communicate_all(both, timeout=300)):
         assert proc.returncode == 0, err.decode()
     subprocess.run([*zoo, "--resume", str(tmp_path / "cut")], env=env, check=True, capture_output=True, timeout=300)
     full, cut = (ckpt_io.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("full", "cut"))

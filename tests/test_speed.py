@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import small_vae_config
+from conftest import communicate_all, small_vae_config
 from zoo import checkpoint as ckpt_io
 from zoo.config import load_config
 from zoo.errors import ConfigError
@@ -313,8 +313,7 @@ def test_the_paired_bench_prints_one_ratio_per_round_and_their_median():
            [str(ROOT / "configs" / "gan1d.yaml"), "--against", "train.optimizer.fused=true", "--no-window"])
     procs = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_pair.py"), *argv], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in bad]  # all at once
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
+    for proc, (_, err) in zip(procs, communicate_all(procs, timeout=120)):
         last = err.strip().splitlines()[-1]  # argparse prints its usage above
         assert proc.returncode == 2 and "error: " in last and "Traceback" not in err, err
 
