@@ -103,16 +103,11 @@ def ensure_mnist(root: str | Path, log: Callable[[str], None] = lambda s: None) 
     name that MNIST or raw folder); return that dir. Processes started together on a fresh machine (two
     trainings, test workers) take turns: one fetches, the others then find the files."""
     root = _data_root(Path(root))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(root / ".mnist.lock")
-        lock.acquire()
-    except OSError:  # a read-only data root: nothing can be written there, so there is nothing to wait for
+    # the lock lives in the temp dir, keyed by the root: nothing is created under a root that may be a typo or
+    # read-only, and every process asking for this root waits on the same file
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"zoo-mnist-{key}.lock"):
         return _ensure_mnist(root, log)
-    try:
-        return _ensure_mnist(root, log)
-    finally:
-        lock.release()
 
 
 def _ensure_mnist(root: Path, log: Callable[[str], None]) -> Path:
