@@ -344,6 +344,11 @@ def test_translate_keeps_punctuation_and_passes_other_scripts_through():
     assert best("ahlan-kifak ahlan,kifak 2024-ahlan") == [f"{ahlan}-{kifak}", f"{ahlan},{kifak}", f"2024-{ahlan}"]
     assert best("مرحبا مرحبا123 😀 2024 !!") == ["مرحبا", "مرحبا123", "😀", "2024", "!!"]  # nothing to transliterate
     assert best("3'ala")[0] != best("3ala")[0] and "'" not in best("3'ala")[0]
+    # invisible marks (as web text and a file's byte-order mark bring them) neither cut a word nor reach the model,
+    # as the data module drops them from training pairs; text passed through keeps them
+    assert best("ah\u200blan \ufeffkifak\u200f") == [ahlan, kifak]
+    assert best("\u200b 2024\u200e") == ["\u200b", "2024\u200e"]
+    assert best("ا\u200cهلا") == ["ا\u200cهلا"]
     assert best("'ahlan' ahlan'. '$ukran'") == [f"'{ahlan}'", f"{ahlan}'.", f"'{shukran}'"]  # quotes, not 3' 9' 6'
     gh = best("bal3'")[0]  # the ' after 3 is a letter (3' غ): transliterated, not kept
     assert "'" not in gh and gh != best("bal3")[0] and best("'bal3''")[0] == f"'{gh}'"
@@ -353,7 +358,7 @@ def test_translate_keeps_punctuation_and_passes_other_scripts_through():
     (_, a), (_, k) = model.translate(["ahlan kifak"], beam=3, nbest=3)[0]
     assert pair[0] == (f"{a[0][0]},{k[0][0]}", pytest.approx(a[0][1] + k[0][1])) and len(pair) == 3
     assert pair[1][1] == pytest.approx(max(a[0][1] + k[1][1], a[1][1] + k[0][1]))
-    for token in ("ahlan-kifak", "((3ala))", "a.b.c", "مرحبا123", "'9'ba7'", "''", "3''"):
+    for token in ("ahlan-kifak", "((3ala))", "a.b.c", "مرحبا123", "'9'ba7'", "''", "3''", "ah\u200blan"):
         assert "".join(t for t, _ in model.split_token(token)) == token
 
 
@@ -661,12 +666,13 @@ def test_translit_command_keeps_lines_aligned(trained, monkeypatch, capsys):
     _, run = trained
     text = "ahlan 3alaykom\n\n2024 !!\n7abibi, ok?\n" + "x" * 300 + "\nwé ÿ\n"
 
-    def lines_out(*args):
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"))
+    def lines_out(*args, bom=b""):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(bom + text.encode()), encoding="utf-8"))
         assert main(["translit", str(run), *args]) == 0
         return capsys.readouterr().out.split("\n")[:-1]
     out = lines_out()
     assert len(out) == 6 and out[1] == "" and out[2] == "2024 !!"
+    assert lines_out(bom=b"\xef\xbb\xbf") == out  # a file saved with a byte-order mark: nothing of it in the output
     assert out[0].count(" ") == 1 and out[3].split(" ")[0].endswith(",") and out[3].endswith("?")
     # --nbest: still one line per input line, the line's candidates best first, the 1-best output leading them
     best, nbest = lines_out("--beam", "3"), lines_out("--beam", "3", "--nbest", "3")

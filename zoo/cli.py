@@ -380,9 +380,10 @@ def translit(
         raise ZooError(f"--nbest {nbest} needs a beam at least as wide: add --beam {nbest}")
     if text is None and sys.stdin is None:  # started with stdin closed (<&-)
         raise ZooError("no TEXT and stdin is closed: give the text, or pipe a file (zoo translit RUN < words.txt)")
-    for stream in (sys.stdout, sys.stdin):  # UTF-8 whatever the locale; undecodable input bytes never crash
+    # UTF-8 whatever the locale (a byte-order mark opening the input is dropped); undecodable bytes never crash
+    for stream, encoding in ((sys.stdout, "utf-8"), (sys.stdin, "utf-8-sig")):
         try:
-            stream.reconfigure(encoding="utf-8", errors="replace")
+            stream.reconfigure(encoding=encoding, errors="replace")
         except (AttributeError, ValueError, OSError):  # not a text stream we may change: keep it as it is
             pass
     lines = iter([text]) if text is not None else (ln.rstrip("\r\n") for ln in sys.stdin)

@@ -34,7 +34,7 @@ FORMAT = "UTF-8 text, one pair a line: arabizi<TAB>arabic (or comma-separated), 
 MAX_WORD = 100  # characters of a field (the corpus's longest is 19): longer is a broken line, not a word
 
 
-def _visible(text: str) -> str:
+def visible(text: str) -> str:
     """Without format characters (zero-width space and joiners, LRM/RLM, BOM): invisible marks that text copied
     from the web carries, which would make a word a different sequence of characters."""
     return "".join(c for c in text if unicodedata.category(c) != "Cf")
@@ -102,7 +102,7 @@ def read_pairs(path: str | os.PathLike, log=lambda s: print(s, file=sys.stderr))
             row = next(csv.reader([line], delimiter=delim)) if len(line) <= 3 * MAX_WORD else []
         except csv.Error:
             row = []
-        src, tgt = (normalize_source(_visible(row[0])), normalize_target(_visible(row[1]))) if len(row) == 2 \
+        src, tgt = (normalize_source(visible(row[0])), normalize_target(visible(row[1]))) if len(row) == 2 \
             else ("", "")
         if not (src and tgt and len(src) <= MAX_WORD and len(tgt) <= MAX_WORD) or \
                 any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in src + tgt):  # controls: no letters

@@ -39,6 +39,7 @@ from ..data.arabizi import (
     normalize_source,
     normalize_target,
     read_pairs,
+    visible,
 )
 from ..errors import ZooError
 from ..registry import register_model
@@ -485,9 +486,11 @@ class TranslitRNN(ZooModel):
         are letters of Arabizi: see split_token), and the punctuation is kept where it was. Digits and
         punctuation alone pass through unchanged (inside a word, digits are letters: 3 ع, 7 ح, 2 ء), and so does
         a word with no letter of the Latin alphabet the model was trained on (Arabic script already, emoji, other
-        scripts). A token of several words gets the n best combinations of their candidates (scores summed), and so
-        does a word longer than MAX_CHUNK characters, decoded in pieces. ``cache``: a dict kept by the caller
-        across calls with the same settings (a long file, block by block); not used when sampling."""
+        scripts). Invisible format characters (zero-width marks, a BOM) are dropped from a word before it is
+        decoded, as the data module drops them from training pairs. A token of several words gets the n best
+        combinations of their candidates (scores summed), and so does a word longer than MAX_CHUNK characters,
+        decoded in pieces. ``cache``: a dict kept by the caller across calls with the same settings (a long file,
+        block by block); not used when sampling."""
         beam = 1 if temperature > 0 else (self.beam if beam is None else beam)
         if beam < 1 or nbest < 1:
             raise ZooError("--beam and --nbest must be >= 1")
@@ -495,7 +498,7 @@ class TranslitRNN(ZooModel):
         for line in lines:
             row = []
             for token in line.split():
-                parts = [(text, [text[i:i + MAX_CHUNK] for i in range(0, len(text), MAX_CHUNK)] if is_word else None)
+                parts = [(text, _chunks(visible(text)) if is_word else None)
                          for text, is_word in self.split_token(token)]
                 row.append((token, parts))
                 words.extend(piece for _, pieces in parts if pieces for piece in pieces)
@@ -539,7 +542,7 @@ class TranslitRNN(ZooModel):
         return frozenset(c for c in chars if c.isalpha()), frozenset(c for c in chars if not self._is_punct(c))
 
     def _is_punct(self, c: str) -> bool:
-        if c.isalnum():
+        if c.isalnum() or unicodedata.category(c) == "Cf":  # an invisible mark (ZWSP, BOM) never cuts a word
             return False
         return c in SENTENCE_PUNCT or unicodedata.category(c) in ("Pd", "Ps", "Pe", "Pi", "Pf") \
             or c not in self.src_index
@@ -616,6 +619,11 @@ SPECIALS_SET = (PAD_ID, UNK_ID, SOS_ID, EOS_ID)
 def _is_mark(c: str) -> bool:
     """An apostrophe-like mark (other punctuation, not sentence punctuation): a letter of Arabizi after a digit."""
     return unicodedata.category(c) == "Po" and c not in SENTENCE_PUNCT
+
+
+def _chunks(word: str) -> list[str]:
+    """A word in pieces of at most MAX_CHUNK characters, decoded one by one."""
+    return [word[i:i + MAX_CHUNK] for i in range(0, len(word), MAX_CHUNK)]
 
 
 def _quotes_off(text: str) -> list[tuple[str, bool]]:
