@@ -345,10 +345,11 @@ def test_translate_keeps_punctuation_and_passes_other_scripts_through():
     assert best("مرحبا مرحبا123 😀 2024 !!") == ["مرحبا", "مرحبا123", "😀", "2024", "!!"]  # nothing to transliterate
     assert best("3'ala")[0] != best("3ala")[0] and "'" not in best("3'ala")[0]
     # invisible marks (as web text and a file's byte-order mark bring them) neither cut a word nor reach the model,
-    # as the data module drops them from training pairs; text passed through keeps them
-    assert best("ah\u200blan \ufeffkifak\u200f") == [ahlan, kifak]
+    # as the data module drops them from training pairs; around a word and in text passed through, they stay
+    assert best("ah\u200blan \ufeffkifak\u200f") == [ahlan, f"\ufeff{kifak}\u200f"]
     assert best("\u200b 2024\u200e") == ["\u200b", "2024\u200e"]
     assert best("ا\u200cهلا") == ["ا\u200cهلا"]
+    assert best("\u200b'ahlan'\u200f '3ala\u200e'") == [f"\u200b'{ahlan}'\u200f", f"'{best('3ala')[0]}\u200e'"]
     assert best("'ahlan' ahlan'. '$ukran'") == [f"'{ahlan}'", f"{ahlan}'.", f"'{shukran}'"]  # quotes, not 3' 9' 6'
     gh = best("bal3'")[0]  # the ' after 3 is a letter (3' غ): transliterated, not kept
     assert "'" not in gh and gh != best("bal3")[0] and best("'bal3''")[0] == f"'{gh}'"

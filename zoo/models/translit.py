@@ -486,11 +486,11 @@ class TranslitRNN(ZooModel):
         are letters of Arabizi: see split_token), and the punctuation is kept where it was. Digits and
         punctuation alone pass through unchanged (inside a word, digits are letters: 3 ع, 7 ح, 2 ء), and so does
         a word with no letter of the Latin alphabet the model was trained on (Arabic script already, emoji, other
-        scripts). Invisible format characters (zero-width marks, a BOM) are dropped from a word before it is
-        decoded, as the data module drops them from training pairs. A token of several words gets the n best
-        combinations of their candidates (scores summed), and so does a word longer than MAX_CHUNK characters,
-        decoded in pieces. ``cache``: a dict kept by the caller across calls with the same settings (a long file,
-        block by block); not used when sampling."""
+        scripts). Invisible format characters (zero-width marks, a BOM) inside a word are dropped before it is
+        decoded, as the data module drops them from training pairs; around it they stay, like punctuation. A token
+        of several words gets the n best combinations of their candidates (scores summed), and so does a word
+        longer than MAX_CHUNK characters, decoded in pieces. ``cache``: a dict kept by the caller across calls
+        with the same settings (a long file, block by block); not used when sampling."""
         beam = 1 if temperature > 0 else (self.beam if beam is None else beam)
         if beam < 1 or nbest < 1:
             raise ZooError("--beam and --nbest must be >= 1")
@@ -626,15 +626,20 @@ def _chunks(word: str) -> list[str]:
     return [word[i:i + MAX_CHUNK] for i in range(0, len(word), MAX_CHUNK)]
 
 
+def _is_edge(c: str) -> bool:
+    """A quote-like mark, or an invisible one (an RLM after a closing quote): what a word's edges shed."""
+    return _is_mark(c) or unicodedata.category(c) == "Cf"
+
+
 def _quotes_off(text: str) -> list[tuple[str, bool]]:
     """[(text, is_word)]: the marks that open a word, or close it after anything but a digit, are quotes."""
-    if not (_is_mark(text[0]) or _is_mark(text[-1])):
+    if not (_is_edge(text[0]) or _is_edge(text[-1])):
         return [(text, True)]
     i, j = 0, len(text)
-    while i < j and _is_mark(text[i]):
+    while i < j and _is_edge(text[i]):
         i += 1
     k = j
-    while k > i and _is_mark(text[k - 1]):
+    while k > i and _is_edge(text[k - 1]):
         k -= 1
     if k < j:
         j = k + 1 if text[k - 1].isdigit() else k
